@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install what it needs.
+# Usage: source scripts/setup_env.sh [--test]
+#   --test    also install requirements-test.txt (pytest, PyTorch, transformers)
+# Environment: PYTHON (interpreter to build the venv with, default python3),
+#              ELECTRA_VENV (venv folder, default <repo>/.venv).
+# Installs only when a requirements file changed since the last install (hash stamp).
+set -euo pipefail
+
+repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv_dir="${ELECTRA_VENV:-$repo_dir/.venv}"
+python_bin="${PYTHON:-python3}"
+
+requirements=("$repo_dir/requirements.txt")
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  requirements=("$repo_dir/requirements-gpu.txt")
+fi
+if [[ "${1:-}" == "--test" ]]; then
+  requirements+=("$repo_dir/requirements-test.txt")
+fi
+
+if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "error: Python 3.10 or newer is needed; $python_bin is $("$python_bin" --version 2>&1)" >&2
+  exit 1
+fi
+if [[ ! -x "$venv_dir/bin/python" ]]; then
+  echo "Creating virtual environment in $venv_dir"
+  "$python_bin" -m venv "$venv_dir"
+fi
+
+stamp="$venv_dir/.requirements.sha256"
+wanted="$(cat "${requirements[@]}" | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; then
+  echo "Installing ${requirements[*]##*/} into $venv_dir"
+  "$venv_dir/bin/python" -m pip install --quiet --upgrade pip
+  args=()
+  for r in "${requirements[@]}"; do args+=(-r "$r"); done
+  "$venv_dir/bin/python" -m pip install --quiet "${args[@]}"
+  echo "$wanted" > "$stamp"
+fi
+export PATH="$venv_dir/bin:$PATH"
+export VIRTUAL_ENV="$venv_dir"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
