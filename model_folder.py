@@ -1,0 +1,275 @@
+"""Model folders in the Hugging Face layout: `config.json` + `model.safetensors`.
+
+Parameter names are transformers' (SPEC section 8), so a discriminator trained here opens in
+transformers and a released ELECTRA opens here. Linear weights are stored [out, in], the
+transpose of a Keras kernel. Encoder names are handled in one canonical form,
+`electra.<name>`; a bare encoder (transformers' `ElectraModel`) stores them without the prefix.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import keras
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from configuration import ElectraConfig
+from modeling import ElectraDiscriminator, ElectraGenerator, ElectraLayer, ElectraModel
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PYTORCH_WEIGHTS_FILE = "pytorch_model.bin"
+ENCODER_PREFIX = "electra."
+TIED_GENERATOR_WEIGHT = "generator_lm_head.weight"
+# Tensors a folder may hold that a model without those heads simply does not use.
+PRETRAINING_HEAD_PREFIXES = ("discriminator_predictions.", "generator_predictions.", "generator_lm_head.")
+IGNORED_BUFFERS = ("electra.embeddings.position_ids",)
+RELEASED_MODEL_NAME = re.compile(r"^google/electra-(small|base|large)-(discriminator|generator)$")
+ARCHITECTURES = {ElectraModel: "ElectraModel", ElectraDiscriminator: "ElectraForPreTraining",
+                 ElectraGenerator: "ElectraForMaskedLM"}
+
+
+class ModelFolderError(ValueError):
+    """A model folder whose files do not fit the model they are loaded into."""
+
+
+@dataclass(frozen=True)
+class HFParameter:
+    """One Keras variable and whether its Hugging Face tensor is its transpose."""
+
+    variable: keras.Variable
+    transpose: bool = False
+
+
+@dataclass
+class LoadReport:
+    """What a load did beyond a one-to-one match: heads left newly initialised, tensors unused."""
+
+    newly_initialised: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+
+def _dense(prefix: str, layer: keras.layers.Dense) -> dict[str, HFParameter]:
+    return {f"{prefix}.weight": HFParameter(layer.kernel, transpose=True),
+            f"{prefix}.bias": HFParameter(layer.bias)}
+
+
+def _layer_norm(prefix: str, layer: keras.layers.LayerNormalization) -> dict[str, HFParameter]:
+    return {f"{prefix}.weight": HFParameter(layer.gamma), f"{prefix}.bias": HFParameter(layer.beta)}
+
+
+def _encoder_layer(prefix: str, layer: ElectraLayer) -> dict[str, HFParameter]:
+    return {
+        **_dense(f"{prefix}.attention.self.query", layer.query),
+        **_dense(f"{prefix}.attention.self.key", layer.key),
+        **_dense(f"{prefix}.attention.self.value", layer.value),
+        **_dense(f"{prefix}.attention.output.dense", layer.attention_output),
+        **_layer_norm(f"{prefix}.attention.output.LayerNorm", layer.attention_layer_norm),
+        **_dense(f"{prefix}.intermediate.dense", layer.intermediate),
+        **_dense(f"{prefix}.output.dense", layer.output_dense),
+        **_layer_norm(f"{prefix}.output.LayerNorm", layer.output_layer_norm),
+    }
+
+
+def encoder_parameters(encoder: ElectraModel) -> dict[str, HFParameter]:
+    """Canonical (`electra.`-prefixed) Hugging Face names of an encoder's variables."""
+    p, emb = ENCODER_PREFIX, encoder.embeddings
+    params = {
+        f"{p}embeddings.word_embeddings.weight": HFParameter(emb.word_embeddings),
+        f"{p}embeddings.position_embeddings.weight": HFParameter(emb.position_embeddings),
+        f"{p}embeddings.token_type_embeddings.weight": HFParameter(emb.token_type_embeddings),
+        **_layer_norm(f"{p}embeddings.LayerNorm", emb.layer_norm),
+    }
+    if encoder.embeddings_project is not None:
+        params.update(_dense(f"{p}embeddings_project", encoder.embeddings_project))
+    for i, layer in enumerate(encoder.encoder_layers):
+        params.update(_encoder_layer(f"{p}encoder.layer.{i}", layer))
+    return params
+
+
+def hf_parameters(model: keras.Model) -> dict[str, HFParameter]:
+    """Every variable of a model under its canonical Hugging Face name."""
+    if isinstance(model, ElectraModel):
+        return encoder_parameters(model)
+    params = encoder_parameters(model.electra)
+    if isinstance(model, ElectraDiscriminator):
+        head = model.discriminator_predictions
+        params.update(_dense("discriminator_predictions.dense", head.dense))
+        params.update(_dense("discriminator_predictions.dense_prediction", head.dense_prediction))
+    elif isinstance(model, ElectraGenerator):
+        head = model.generator_predictions
+        params.update(_dense("generator_predictions.dense", head.dense))
+        params.update(_layer_norm("generator_predictions.LayerNorm", head.layer_norm))
+        params["generator_lm_head.bias"] = HFParameter(head.output_bias)
+    else:
+        raise TypeError(f"no Hugging Face names are defined for {type(model).__name__}")
+    return params
+
+
+def new_head_prefixes(model: keras.Model) -> tuple[str, ...]:
+    """Names a folder may lack because they belong to a head that fine-tuning adds (QA heads)."""
+    return tuple(getattr(model, "HF_NEW_HEAD_PREFIXES", ()))
+
+
+def canonical_name(name: str) -> str:
+    """`embeddings...`/`encoder...` (a bare ElectraModel's names) -> `electra.embeddings...`."""
+    if name.startswith(("embeddings.", "embeddings_project.", "encoder.")):
+        return ENCODER_PREFIX + name
+    return name
+
+
+def huggingface_cache_dir(environ: Mapping[str, str]) -> str:
+    """The hub cache folder transformers uses, from the given environment variables."""
+    if environ.get("HF_HUB_CACHE"):
+        return environ["HF_HUB_CACHE"]
+    hf_home = environ.get("HF_HOME") or os.path.join(
+        environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return os.path.join(hf_home, "hub")
+
+
+def resolve_model_folder(name_or_path: str, cache_dir: str | None = None) -> str:
+    """A local folder as is, or a released `google/electra-*` name found in the hub cache."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if not RELEASED_MODEL_NAME.match(name_or_path):
+        raise FileNotFoundError(f"model folder not found: {name_or_path} (expected a folder with "
+                                f"{CONFIG_FILE} and {WEIGHTS_FILE}, or a name like "
+                                "google/electra-base-discriminator)")
+    cache_dir = cache_dir or huggingface_cache_dir({})
+    repo_dir = os.path.join(cache_dir, "models--" + name_or_path.replace("/", "--"))
+    snapshot = _cached_snapshot(repo_dir)
+    if snapshot is None:
+        raise FileNotFoundError(
+            f"{name_or_path} is not in the local Hugging Face cache ({repo_dir}). Download it on a "
+            f"machine with internet access, e.g. `huggingface-cli download {name_or_path} "
+            f"{CONFIG_FILE} {WEIGHTS_FILE}` (or `{PYTORCH_WEIGHTS_FILE}`), then copy the cache or "
+            "pass the downloaded folder's path.")
+    return snapshot
+
+
+def _cached_snapshot(repo_dir: str) -> str | None:
+    """The snapshot `refs/main` points at, else any snapshot that holds a config."""
+    ref = os.path.join(repo_dir, "refs", "main")
+    if os.path.isfile(ref):
+        with open(ref, encoding="utf-8") as f:
+            candidate = os.path.join(repo_dir, "snapshots", f.read().strip())
+        if os.path.isfile(os.path.join(candidate, CONFIG_FILE)):
+            return candidate
+    snapshots = sorted(glob.glob(os.path.join(repo_dir, "snapshots", "*", CONFIG_FILE)))
+    return os.path.dirname(snapshots[-1]) if snapshots else None
+
+
+def read_config(folder: str) -> ElectraConfig:
+    return ElectraConfig.from_json_file(os.path.join(folder, CONFIG_FILE))
+
+
+def read_tensors(folder: str) -> dict[str, np.ndarray]:
+    """The folder's tensors under canonical names, as float32 NumPy arrays."""
+    path = os.path.join(folder, WEIGHTS_FILE)
+    if os.path.isfile(path):
+        try:
+            tensors = load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise ModelFolderError(f"{path}: not a readable safetensors file ({error})") from None
+    elif os.path.isfile(os.path.join(folder, PYTORCH_WEIGHTS_FILE)):
+        tensors = _read_pytorch_weights(os.path.join(folder, PYTORCH_WEIGHTS_FILE))
+    else:
+        raise FileNotFoundError(f"no {WEIGHTS_FILE} (or {PYTORCH_WEIGHTS_FILE}) in {folder}")
+    return {canonical_name(k): np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+
+
+def _read_pytorch_weights(path: str) -> dict[str, np.ndarray]:
+    """Released checkpoints older than safetensors; needs PyTorch, loads tensors only."""
+    try:
+        import torch
+    except ImportError:
+        raise ModelFolderError(f"{path}: reading {PYTORCH_WEIGHTS_FILE} needs PyTorch; install it "
+                               f"or convert the folder to {WEIGHTS_FILE}") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+
+
+def assign_tensors(model: keras.Model, tensors: Mapping[str, np.ndarray], source: str) -> LoadReport:
+    """Copy tensors into a built model; one error lists every missing, unexpected or misshaped one."""
+    params = hf_parameters(model)
+    new_prefixes = new_head_prefixes(model)
+    tensors = dict(tensors)
+    _check_tied_generator_weight(model, tensors, source)
+    report = LoadReport()
+    problems: list[str] = []
+    for name, param in params.items():
+        if name not in tensors:
+            if name.startswith(new_prefixes):
+                report.newly_initialised.append(name)
+            else:
+                problems.append(f"missing {name} {tuple(param.variable.shape)}")
+            continue
+        value = tensors[name].T if param.transpose else tensors[name]
+        if tuple(value.shape) != tuple(param.variable.shape):
+            problems.append(f"wrong shape {name}: file {tuple(tensors[name].shape)}, model expects "
+                            f"{tuple(param.variable.shape[::-1] if param.transpose else param.variable.shape)}")
+    for name in sorted(set(tensors) - set(params)):
+        if name.startswith(PRETRAINING_HEAD_PREFIXES) or name in IGNORED_BUFFERS:
+            report.unused.append(name)
+        else:
+            problems.append(f"unexpected {name} {tuple(tensors[name].shape)}")
+    if problems:
+        raise ModelFolderError(f"{source} does not fit {type(model).__name__}:\n  " + "\n  ".join(problems))
+    for name, param in params.items():
+        if name in tensors:
+            param.variable.assign(tensors[name].T if param.transpose else tensors[name])
+    return report
+
+
+def _check_tied_generator_weight(model: keras.Model, tensors: dict[str, np.ndarray], source: str) -> None:
+    """A generator's output matrix is the word embedding matrix; a file may repeat it (drop it)
+    but an untied one cannot be represented here."""
+    if TIED_GENERATOR_WEIGHT not in tensors or not isinstance(model, ElectraGenerator):
+        return
+    tied = tensors.pop(TIED_GENERATOR_WEIGHT)
+    embeddings = tensors.get(f"{ENCODER_PREFIX}embeddings.word_embeddings.weight")
+    if embeddings is not None and not np.array_equal(tied, embeddings):
+        raise ModelFolderError(f"{source}: {TIED_GENERATOR_WEIGHT} differs from the word "
+                               "embeddings; only generators with tied output weights are supported")
+
+
+def load_model_folder(name_or_path: str, model_class: type = ElectraDiscriminator,
+                      dtype: str | None = None, cache_dir: str | None = None) -> tuple[keras.Model, LoadReport]:
+    """Build `model_class` from a folder's config and load its weights."""
+    folder = resolve_model_folder(name_or_path, cache_dir)
+    config = read_config(folder)
+    tensors = read_tensors(folder)
+    model = model_class(config, dtype=dtype)
+    report = assign_tensors(model, tensors, source=folder)
+    if report.newly_initialised:
+        logger.info("Newly initialised (not in %s): %s", folder, ", ".join(report.newly_initialised))
+    if report.unused:
+        logger.info("Unused tensors of %s: %s", folder, ", ".join(report.unused))
+    return model, report
+
+
+def save_model_folder(model: keras.Model, folder: str) -> None:
+    """Write `config.json` and `model.safetensors`; files appear complete or not at all."""
+    os.makedirs(folder, exist_ok=True)
+    bare_encoder = isinstance(model, ElectraModel)
+    tensors = {}
+    for name, param in hf_parameters(model).items():
+        value = np.asarray(param.variable.numpy(), dtype=np.float32)
+        key = name[len(ENCODER_PREFIX):] if bare_encoder and name.startswith(ENCODER_PREFIX) else name
+        tensors[key] = np.ascontiguousarray(value.T if param.transpose else value)
+    architecture = ARCHITECTURES[type(model)]
+    weights_tmp = os.path.join(folder, WEIGHTS_FILE + ".tmp")
+    config_tmp = os.path.join(folder, CONFIG_FILE + ".tmp")
+    save_file(tensors, weights_tmp, metadata={"format": "pt"})
+    model.config.save_json(config_tmp, architectures=[architecture])
+    os.replace(weights_tmp, os.path.join(folder, WEIGHTS_FILE))
+    os.replace(config_tmp, os.path.join(folder, CONFIG_FILE))
+
