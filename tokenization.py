@@ -61,7 +61,6 @@ class WordPieceTokenizer:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
             self.vocab[t] for t in SPECIAL_TOKENS)
         self._tokenizer = self._build(self.vocab, do_lower_case)
-        self._padding_tokenizers: dict[int, Tokenizer] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -100,25 +99,46 @@ class WordPieceTokenizer:
     def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                      max_length: int = 512) -> dict[str, np.ndarray]:
         """Model inputs for a batch: `input_ids`, `attention_mask`, `token_type_ids`, int32
-        arrays of shape [batch, longest], pairs truncated longest-first to `max_length`."""
+        arrays of shape [batch, longest], truncated to `max_length` as BERT does: a pair loses
+        one word piece at a time from its longer text, from the second text on ties."""
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
-        inputs = list(texts) if pairs is None else list(zip(texts, pairs))
-        encodings = self._padding_tokenizer(max_length).encode_batch(inputs)
-        return {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int32),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int32),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int32),
-        }
+        num_special = 2 if pairs is None else 3
+        if max_length < num_special:
+            raise ValueError(f"max_length={max_length} leaves no room for the {num_special} "
+                             "special tokens [CLS]/[SEP]")
+        firsts = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        seconds = (self._tokenizer.encode_batch(list(pairs), add_special_tokens=False)
+                   if pairs is not None else [None] * len(firsts))
+        encodings = []
+        for first, second in zip(firsts, seconds):
+            if second is None:
+                first.truncate(max_length - num_special)
+            else:
+                first_length, second_length = _longest_first_lengths(
+                    len(first), len(second), max_length - num_special)
+                first.truncate(first_length)
+                second.truncate(second_length)
+            encodings.append(self._tokenizer.post_process(first, second))
+        longest = max((len(e.ids) for e in encodings), default=0)
+        batch = {"input_ids": np.full((len(encodings), longest), self.pad_id, dtype=np.int32),
+                 "attention_mask": np.zeros((len(encodings), longest), dtype=np.int32),
+                 "token_type_ids": np.zeros((len(encodings), longest), dtype=np.int32)}
+        for row, encoding in enumerate(encodings):
+            length = len(encoding.ids)
+            batch["input_ids"][row, :length] = encoding.ids
+            batch["attention_mask"][row, :length] = 1
+            batch["token_type_ids"][row, :length] = encoding.type_ids
+        return batch
 
-    def _padding_tokenizer(self, max_length: int) -> Tokenizer:
-        """A copy of the tokenizer that truncates and pads (kept apart: the settings are state)."""
-        if max_length not in self._padding_tokenizers:
-            tokenizer = Tokenizer.from_str(self._tokenizer.to_str())
-            tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
-            tokenizer.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
-            self._padding_tokenizers[max_length] = tokenizer
-        return self._padding_tokenizers[max_length]
+
+def _longest_first_lengths(first: int, second: int, budget: int) -> tuple[int, int]:
+    """Lengths of a text pair cut to `budget` word pieces the way BERT's `_truncate_seq_pair`
+    does: drop one piece at a time from the longer text, from the second on ties. (The Rust
+    `longest_first` strategy differs: on an odd budget it gives the spare piece to the second
+    text unless the first is strictly longer.)"""
+    kept_first = min(first, max((budget + 1) // 2, budget - second))
+    return kept_first, min(second, budget - kept_first)
 
 
 def _to_encoding(encoding) -> Encoding:

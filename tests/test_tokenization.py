@@ -1,0 +1,374 @@
+"""tokenization.py against the pure-Python BERT tokenizer of Hugging Face transformers.
+
+The reference is `transformers.BertTokenizerLegacy`: BERT's BasicTokenizer + WordpieceTokenizer
+written in Python. In transformers 5, `transformers.BertTokenizer` runs on the same Rust
+`tokenizers` library as tokenization.py, so comparing with it would check the library against
+itself.
+
+Known differences from the reference, and how the tests handle them:
+- Literal "[MASK]", "[SEP]"... in raw text are plain text here (as in Google's BERT), while the
+  reference keeps them as special tokens: pinned against the reference's BasicTokenizer and
+  WordPiece called directly.
+- Lower-casing is per character, as in NVIDIA's recipe (its tokenizer lower-cases the text one
+  character at a time): a word-final capital sigma becomes "σ", where Python's `str.lower()` on
+  a whole word gives "ς". Pinned against the reference fed per-character lower-cased text.
+- Without lower-casing, recent transformers NFC-compose the text first (Google's BERT and the
+  recipe do not), so the cased texts here are all NFC already.
+- Unassigned code points (category Cn) are dropped by the reference, kept here (they depend on
+  each side's Unicode version); the texts here contain none.
+"""
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import BertTokenizerLegacy
+
+from tokenization import WordPieceTokenizer
+
+VOCAB_SIZE = 30522
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+# Each text stresses one part of BERT's basic tokenization (cleaning, CJK, punctuation, accents)
+# or of WordPiece (unknown and over-long words). All are NFC except "decomposed_accents".
+VARIED_TEXTS: dict[str, str] = {
+    "accents": "Café au lait, naïve façade; Ångström, résumé, Zürich, São Paulo, Dvořák, "
+               "İstanbul.",
+    "decomposed_accents": "cafe\u0301 and nai\u0308ve, A\u030angstro\u0308m, spelt with "
+                          "combining marks",
+    "chinese": "我爱北京天安门。中文文本，繁體字與简体字。豈",
+    "japanese": "日本語のテキストです。カタカナ、ひらがな、ガギグゲゴ、ﾊﾝｶｸ。",
+    "korean": "한국어 텍스트입니다. 서울은 대한민국의 수도이다.",
+    "greek_cyrillic": "Σωκράτης ήταν φιλόσοφος. Москва — столица России.",
+    "punctuation": "“Smart quotes” ‘single’ «guillemets» — em – en … ¿qué? ¡sí! "
+                   "(a) [b] {c} a/b a\\b ‰ §2 •",
+    "emoji_symbols": "Emoji 😀👍🏽 👨\u200d👩\u200d👧 ❤️ ©®™ €£¥ ½ ² ℃ ﬁ ＡＢＣｆｕｌｌ",
+    "control_and_zero_width": "ctrl\x00A\x01B\x7fC\ufffdD\u200bE\u200cF\u200dG\ufeffH\u00adI"
+                              "\ue000J end",
+    "whitespace": "tab\there\nnew\r\nline\u00a0nbsp\u3000ideographic\u2028ls\u2029ps"
+                  "\x0bvt\x0cff\x85nel  two  ",
+    "unknown_words": "xqzptlwvq blorptastically zyzzogeton qwxzv",
+    "long_words": "a" * 100 + " " + "b" * 101 + " " + "antidisestablishmentarianism" * 3,
+    "mixed_case": "MiXeD CaSe WoRdS: iPhone McDonald's O'Neill e.g. U.S.A. NASA ELECTRA",
+    "numbers": "3.14159 1,000,000 42nd 2024-01-01 10:30pm $5.99 50% #tag @user a+b=c x^2 "
+               "~t `q` |p| <br>",
+    "empty": "",
+    "only_whitespace": "  \t\n \u3000 ",
+}
+ALL_VARIED = " ".join(VARIED_TEXTS.values())
+CASED_TEXTS = {name: text for name, text in VARIED_TEXTS.items() if name != "decomposed_accents"}
+PAIR_NAMES = list(zip(VARIED_TEXTS, list(VARIED_TEXTS)[1:]))
+
+
+@pytest.fixture(scope="module")
+def ours(vocab_file: Path) -> WordPieceTokenizer:
+    return WordPieceTokenizer(str(vocab_file), do_lower_case=True)
+
+
+@pytest.fixture(scope="module")
+def ours_cased(vocab_file: Path) -> WordPieceTokenizer:
+    return WordPieceTokenizer(str(vocab_file), do_lower_case=False)
+
+
+@pytest.fixture(scope="module")
+def reference(vocab_file: Path) -> BertTokenizerLegacy:
+    return BertTokenizerLegacy(str(vocab_file), do_lower_case=True)
+
+
+@pytest.fixture(scope="module")
+def reference_cased(vocab_file: Path) -> BertTokenizerLegacy:
+    return BertTokenizerLegacy(str(vocab_file), do_lower_case=False)
+
+
+@pytest.fixture(scope="module")
+def persuasion_lines(repo_root: Path) -> list[str]:
+    path = repo_root / "data" / "sample_corpus" / "austen" / "persuasion.txt"
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def reference_encode(reference: BertTokenizerLegacy, text: str,
+                     pair: str | None = None) -> tuple[list[int], list[int]]:
+    """`[CLS] A [SEP] (B [SEP])` ids and token type ids from the reference."""
+    out = reference(text, pair, return_token_type_ids=True)
+    return out["input_ids"], out["token_type_ids"]
+
+
+def reference_plain_tokens(reference: BertTokenizerLegacy, text: str) -> list[str]:
+    """The reference's BasicTokenizer + WordPiece alone, without its special-token matching."""
+    return [piece for word in reference.basic_tokenizer.tokenize(text)
+            for piece in reference.wordpiece_tokenizer.tokenize(word)]
+
+
+def dropped_by_bert_cleaning(char: str) -> bool:
+    return char in "\x00\ufffd" or (unicodedata.category(char).startswith("C")
+                                    and char not in "\t\n\r")
+
+
+def bert_normalise(text: str) -> str:
+    """Raw text as the uncased tokenizer sees it: cleaned, lower-cased, accents stripped."""
+    kept = "".join(c for c in text if not dropped_by_bert_cleaning(c))
+    decomposed = unicodedata.normalize("NFD", kept.lower())
+    return "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+
+
+def check_offsets(text: str, tokens: list[str], offsets: list[tuple[int, int]]) -> None:
+    """Each word piece must be the normalised slice of `text` its offsets point at. Pieces of one
+    character (a Hangul syllable decomposes into several jamo pieces) share its offsets, so
+    consecutive pieces with equal offsets are checked together."""
+    groups: list[tuple[tuple[int, int], list[str]]] = []
+    for token, offset in zip(tokens, offsets):
+        if groups and groups[-1][0] == offset:
+            groups[-1][1].append(token)
+        else:
+            groups.append((offset, [token]))
+    for (start, end), pieces in groups:
+        assert 0 <= start < end <= len(text), (pieces, (start, end))
+        expected = "".join(p[2:] if p.startswith("##") else p for p in pieces)
+        assert bert_normalise(text[start:end]) == expected, (pieces, text[start:end])
+
+
+# 1. Id parity on varied text ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", VARIED_TEXTS)
+def test_ids_match_reference_on_varied_text(name: str, ours: WordPieceTokenizer,
+                                            reference: BertTokenizerLegacy) -> None:
+    encoding = ours.encode(VARIED_TEXTS[name])
+    ids, type_ids = reference_encode(reference, VARIED_TEXTS[name])
+    assert encoding.input_ids == ids
+    assert encoding.segment_ids == type_ids
+
+
+def test_ids_match_reference_on_all_varied_text_at_once(ours: WordPieceTokenizer,
+                                                        reference: BertTokenizerLegacy) -> None:
+    ids, _ = reference_encode(reference, ALL_VARIED)
+    assert ours.encode(ALL_VARIED).input_ids == ids
+    assert ours.tokenize(ALL_VARIED) == reference.tokenize(ALL_VARIED)
+
+
+def test_words_over_100_characters_become_one_unk(ours: WordPieceTokenizer) -> None:
+    pieces = ours.tokenize("a" * 100)
+    assert len(pieces) > 1 and "[UNK]" not in pieces
+    assert ours.tokenize("b" * 101) == ["[UNK]"]
+    assert ours.tokenize("x " + "b" * 101 + " y") == ["x", "[UNK]", "y"]
+
+
+@pytest.mark.parametrize("names", PAIR_NAMES, ids="+".join)
+def test_pair_ids_and_token_types_match_reference(names: tuple[str, str], ours: WordPieceTokenizer,
+                                                  reference: BertTokenizerLegacy) -> None:
+    text, pair = VARIED_TEXTS[names[0]], VARIED_TEXTS[names[1]]
+    encoding = ours.encode(text, pair)
+    ids, type_ids = reference_encode(reference, text, pair)
+    assert encoding.input_ids == ids
+    assert encoding.segment_ids == type_ids
+
+
+@pytest.mark.parametrize("name", CASED_TEXTS)
+def test_cased_ids_match_cased_reference(name: str, ours_cased: WordPieceTokenizer,
+                                         reference_cased: BertTokenizerLegacy) -> None:
+    text = CASED_TEXTS[name]
+    assert ours_cased.encode(text).input_ids == reference_encode(reference_cased, text)[0]
+
+
+def test_cased_pair_ids_and_token_types_match_cased_reference(
+        ours_cased: WordPieceTokenizer, reference_cased: BertTokenizerLegacy) -> None:
+    text, pair = CASED_TEXTS["mixed_case"], CASED_TEXTS["accents"]
+    encoding = ours_cased.encode(text, pair)
+    expected = reference_encode(reference_cased, text, pair)
+    assert (encoding.input_ids, encoding.segment_ids) == expected
+    assert encoding.input_ids != ours_cased.encode(text.lower(), pair.lower()).input_ids, \
+        "the cased tokenizer must not lower-case"
+
+
+def test_special_token_strings_in_text_are_tokenized_as_plain_text(
+        ours: WordPieceTokenizer, reference: BertTokenizerLegacy) -> None:
+    text = "Predict [MASK] here [SEP] not a separator [CLS] [PAD] [UNK] [mask]"
+    ids = ours.encode(text, add_special_tokens=False).input_ids
+    assert ours.convert_ids_to_tokens(ids) == reference_plain_tokens(reference, text)
+    assert not {ours.mask_id, ours.sep_id, ours.cls_id, ours.pad_id} & set(ids)
+
+
+def test_lower_casing_is_per_character_like_the_recipe(ours: WordPieceTokenizer,
+                                                       reference: BertTokenizerLegacy) -> None:
+    text = "ΟΔΟΣ ΣΟΦΟΣ Σ İSTANBUL"
+    per_character = "".join(char.lower() for char in text)
+    assert per_character != text.lower(), "the text must tell the two lower-casings apart"
+    assert ours.encode(text).input_ids == reference_encode(reference, per_character)[0]
+
+
+# 2. Parity on real text ---------------------------------------------------------------------
+
+def test_batch_ids_match_reference_on_a_whole_austen_novel(
+        persuasion_lines: list[str], ours: WordPieceTokenizer,
+        reference: BertTokenizerLegacy) -> None:
+    assert len(persuasion_lines) > 8000
+    got = ours.encode_batch_ids(persuasion_lines)
+    expected = [reference.convert_tokens_to_ids(reference.tokenize(line))
+                for line in persuasion_lines]
+    assert len(got) == len(expected)
+    mismatches = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    assert not mismatches, (f"{len(mismatches)} lines differ, "
+                            f"first: {persuasion_lines[mismatches[0]]!r}")
+    assert sum(map(len, got)) > 100_000
+
+
+# 3. Offsets ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", VARIED_TEXTS)
+def test_offsets_point_at_the_text_of_each_token(name: str, ours: WordPieceTokenizer) -> None:
+    text = VARIED_TEXTS[name]
+    encoding = ours.encode(text)
+    specials = {"[CLS]", "[SEP]"}
+    assert [o for t, o in zip(encoding.tokens, encoding.offsets) if t in specials] == [(0, 0)] * 2
+    kept = [(t, o) for t, o in zip(encoding.tokens, encoding.offsets)
+            if t not in specials and t != "[UNK]"]
+    check_offsets(text, [t for t, _ in kept], [o for _, o in kept])
+
+
+def test_offsets_of_all_varied_text_increase(ours: WordPieceTokenizer) -> None:
+    encoding = ours.encode(ALL_VARIED, add_special_tokens=False)
+    starts = [start for start, _ in encoding.offsets]
+    assert starts == sorted(starts)
+    assert len(encoding.tokens) > 300
+
+
+def test_pair_offsets_of_second_text_index_into_second_text(ours: WordPieceTokenizer) -> None:
+    text, pair = "Hi!", "Ångström's café: naïve 日本語 résumé."
+    encoding = ours.encode(text, pair)
+    sep_first = encoding.tokens.index("[SEP]")
+    second_length = len(encoding.tokens) - sep_first - 1
+    assert encoding.segment_ids == [0] * (sep_first + 1) + [1] * second_length
+    first = [(t, o) for t, o, s in zip(encoding.tokens, encoding.offsets, encoding.segment_ids)
+             if s == 0 and t not in ("[CLS]", "[SEP]")]
+    second = [(t, o) for t, o, s in zip(encoding.tokens, encoding.offsets, encoding.segment_ids)
+              if s == 1 and t != "[SEP]"]
+    check_offsets(text, [t for t, _ in first], [o for _, o in first])
+    check_offsets(pair, [t for t, _ in second], [o for _, o in second])
+    assert max(end for _, (_, end) in second) > len(text), "must not index into the first text"
+    specials = [o for t, o in zip(encoding.tokens, encoding.offsets) if t in ("[CLS]", "[SEP]")]
+    assert specials == [(0, 0)] * 3
+
+
+# 4. Batches: padding and truncation ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def batch_texts(persuasion_lines: list[str]) -> tuple[list[str], list[str]]:
+    """Texts of 0 to about 100 word pieces, and partners of other lengths; the last row pairs a
+    text with itself, so both halves tie in length."""
+    prose = [line for line in persuasion_lines if len(line.split()) >= 10][100:140]
+    texts = ["", prose[0], "Yes.",
+             " ".join(prose[1:3]), " ".join(prose[3:6]), " ".join(prose[6:14])]
+    pairs = [texts[(i + 2) % len(texts)] for i in range(len(texts))]
+    return texts + [prose[20]], pairs + [prose[20]]
+
+
+def assert_batch_matches_reference(ours: WordPieceTokenizer, reference: BertTokenizerLegacy,
+                                   texts: list[str], pairs: list[str] | None,
+                                   max_length: int) -> None:
+    got = ours.encode_batch(texts, pairs, max_length=max_length)
+    expected = reference(texts, pairs, padding=True, truncation="longest_first",
+                         max_length=max_length, return_token_type_ids=True,
+                         return_attention_mask=True)
+    assert set(got) == {"input_ids", "attention_mask", "token_type_ids"}
+    for key in got:
+        assert got[key].dtype == np.int32, key
+        np.testing.assert_array_equal(got[key], np.array(expected[key]), err_msg=key)
+
+
+@pytest.mark.parametrize("max_length", [12, 13, 64])
+def test_batch_of_single_texts_is_padded_and_truncated_like_reference(
+        max_length: int, batch_texts: tuple[list[str], list[str]], ours: WordPieceTokenizer,
+        reference: BertTokenizerLegacy) -> None:
+    texts, _ = batch_texts
+    full_lengths = [len(ours.encode(t).input_ids) for t in texts]
+    assert min(full_lengths) < max_length < max(full_lengths), "need rows over and under the limit"
+    assert_batch_matches_reference(ours, reference, texts, None, max_length)
+
+
+@pytest.mark.parametrize("max_length", [12, 13, 64])
+def test_batch_of_pairs_is_truncated_longest_first_like_reference(
+        max_length: int, batch_texts: tuple[list[str], list[str]], ours: WordPieceTokenizer,
+        reference: BertTokenizerLegacy) -> None:
+    texts, pairs = batch_texts
+    full_lengths = [len(ours.encode(t, p).input_ids) for t, p in zip(texts, pairs)]
+    assert min(full_lengths) < max_length < max(full_lengths), "need rows over and under the limit"
+    assert_batch_matches_reference(ours, reference, texts, pairs, max_length)
+
+
+def test_pair_truncation_keeps_the_odd_token_in_the_first_text(ours: WordPieceTokenizer) -> None:
+    text = "one two three four five six seven eight nine ten"
+    batch = ours.encode_batch([text], [text], max_length=12)  # 9 word pieces to share
+    assert batch["token_type_ids"].tolist() == [[0] * 7 + [1] * 5]
+
+
+def test_batch_rows_equal_single_encodings_when_nothing_is_cut(
+        batch_texts: tuple[list[str], list[str]], ours: WordPieceTokenizer) -> None:
+    texts, pairs = batch_texts
+    batch = ours.encode_batch(texts, pairs, max_length=512)
+    for row, (text, pair) in enumerate(zip(texts, pairs)):
+        encoding = ours.encode(text, pair)
+        n = len(encoding.input_ids)
+        assert batch["input_ids"][row, :n].tolist() == encoding.input_ids
+        assert batch["token_type_ids"][row, :n].tolist() == encoding.segment_ids
+        width = batch["input_ids"].shape[1]
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+        assert (batch["input_ids"][row, n:] == ours.pad_id).all()
+
+
+# 5. Special ids and vocabulary --------------------------------------------------------------
+
+def test_special_ids_are_their_lines_in_the_vocab_file(
+        vocab_file: Path, ours: WordPieceTokenizer, reference: BertTokenizerLegacy) -> None:
+    lines = vocab_file.read_text(encoding="utf-8").split("\n")
+    lines = lines[:-1] if lines[-1] == "" else lines
+    assert ours.vocab_size == len(lines) == VOCAB_SIZE
+    got = (ours.pad_id, ours.unk_id, ours.cls_id, ours.sep_id, ours.mask_id)
+    assert got == tuple(lines.index(token) for token in SPECIAL_TOKENS)
+    assert got == (reference.pad_token_id, reference.unk_token_id, reference.cls_token_id,
+                   reference.sep_token_id, reference.mask_token_id)
+
+
+def test_tokens_and_ids_convert_both_ways(vocab_file: Path, ours: WordPieceTokenizer) -> None:
+    lines = vocab_file.read_text(encoding="utf-8").split("\n")[:VOCAB_SIZE]
+    all_ids = list(range(ours.vocab_size))
+    tokens = ours.convert_ids_to_tokens(np.array(all_ids, dtype=np.int32))
+    assert tokens == lines
+    assert ours.convert_tokens_to_ids(tokens) == all_ids
+    assert ours.convert_tokens_to_ids(["hello", "not-a-vocab-token", "##ing"]) == [
+        lines.index("hello"), ours.unk_id, lines.index("##ing")]
+
+
+# 6. Bad inputs ------------------------------------------------------------------------------
+
+def test_missing_vocab_file_raises_file_not_found_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "vocab.txt"
+    with pytest.raises(FileNotFoundError) as error:
+        WordPieceTokenizer(str(missing))
+    assert str(missing) in str(error.value)
+
+
+def test_vocab_without_mask_and_cls_raises_value_error_naming_file_and_tokens(
+        tmp_path: Path) -> None:
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[SEP]", "hello", "world", "##s"]) + "\n",
+                     encoding="utf-8")
+    with pytest.raises(ValueError) as error:
+        WordPieceTokenizer(str(vocab))
+    message = str(error.value)
+    assert str(vocab) in message
+    assert "[MASK]" in message and "[CLS]" in message
+    assert "[SEP]" not in message and "[PAD]" not in message
+
+
+def test_batch_with_fewer_pairs_than_texts_raises_value_error(ours: WordPieceTokenizer) -> None:
+    with pytest.raises(ValueError, match="3 texts but 2 pairs"):
+        ours.encode_batch(["a", "b", "c"], ["x", "y"])
+
+
+def test_batch_max_length_too_short_for_the_special_tokens_raises_value_error(
+        ours: WordPieceTokenizer) -> None:
+    with pytest.raises(ValueError, match="max_length"):
+        ours.encode_batch(["a"], ["b"], max_length=2)
+    with pytest.raises(ValueError, match="max_length"):
+        ours.encode_batch(["a"], max_length=1)
