@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Build the ELECTRA pretraining data from scratch: download -> text formatting -> sentence
+# segmentation and sharding -> TFRecords for phase 1 (seq 128) and phase 2 (seq 512).
+#
+# Usage: bash data/create_datasets_from_start.sh [wiki_only | wiki_books | PATH]
+#   wiki_only   English Wikipedia (the default), plus SQuAD v1.1/v2.0 for fine-tuning.
+#   wiki_books  Wikipedia and BookCorpus. BookCorpus has no official source and its mirrors are
+#               often down: set BOOKSCORPUS_DIR to a folder of .txt books you have to skip its
+#               download.
+#   PATH        your own corpus, a folder of .txt files (or one file): documents separated by
+#               blank lines, or books with chapter headings (then one document per chapter), for
+#               example data/sample_corpus/austen. Nothing is downloaded. The dataset is named
+#               "custom".
+#
+# Output: $DATA_DIR/tfrecord_lower_case_1_seq_len_{128,512}_random_seed_12345/<dataset>/
+# {train,test}/, with <dataset> wikicorpus_en, books_wiki_en_corpus or custom.
+#
+# Environment (all optional):
+#   DATA_DIR           output root (default: this data/ folder)
+#   N_TRAINING_SHARDS  training shards / TFRecord files (default 2048; 16 for your own corpus)
+#   N_TEST_SHARDS      test shards / TFRecord files (default 2048; 4 for your own corpus)
+#   N_PROCESSES        worker processes (default: number of CPUs)
+#   DOCUMENT_BOUNDARY  own corpus: auto (default), blank_line, chapter or file
+#   BOOKSCORPUS_URL    BookCorpus .tar.gz to download for wiki_books
+#   BOOKSCORPUS_DIR    folder of BookCorpus .txt files to use instead of downloading
+#   PYTHON             interpreter (default: python3)
+set -euo pipefail
+
+data_prep_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+corpus="${1:-wiki_only}"
+python_bin="${PYTHON:-python3}"
+
+case "$corpus" in
+  wiki_only) dataset=wikicorpus_en; default_train_shards=2048; default_test_shards=2048 ;;
+  wiki_books) dataset=books_wiki_en_corpus; default_train_shards=2048; default_test_shards=2048 ;;
+  *)
+    if [[ ! -e "$corpus" ]]; then
+      echo "error: '$corpus' is neither wiki_only, wiki_books nor an existing file or folder" >&2
+      exit 1
+    fi
+    dataset=custom; default_train_shards=16; default_test_shards=4 ;;
+esac
+
+common=(--n_training_shards "${N_TRAINING_SHARDS:-$default_train_shards}"
+        --n_test_shards "${N_TEST_SHARDS:-$default_test_shards}")
+if [[ -n "${DATA_DIR:-}" ]]; then common+=(--data-dir "$DATA_DIR"); fi
+if [[ -n "${N_PROCESSES:-}" ]]; then common+=(--n_processes "$N_PROCESSES"); fi
+
+data_prep() {
+  "$python_bin" "$data_prep_dir/dataPrep.py" "$@" "${common[@]}"
+}
+
+# Download and format the raw text (one article per line).
+if [[ "$dataset" == custom ]]; then
+  data_prep --action text_formatting --dataset custom --input_files "$corpus" \
+    --document_boundary "${DOCUMENT_BOUNDARY:-auto}"
+else
+  data_prep --action download --dataset squad
+  data_prep --action download --dataset wikicorpus_en
+  data_prep --action text_formatting --dataset wikicorpus_en
+  if [[ "$dataset" == books_wiki_en_corpus ]]; then
+    if [[ -n "${BOOKSCORPUS_DIR:-}" ]]; then
+      data_prep --action text_formatting --dataset bookscorpus --input_files "$BOOKSCORPUS_DIR"
+    else
+      books_url=()
+      if [[ -n "${BOOKSCORPUS_URL:-}" ]]; then books_url=(--bookscorpus_url "$BOOKSCORPUS_URL"); fi
+      data_prep --action download --dataset bookscorpus "${books_url[@]}"
+      data_prep --action text_formatting --dataset bookscorpus
+    fi
+  fi
+fi
+
+# One sentence per line, whole articles, N training and M test shards.
+data_prep --action sharding --dataset "$dataset"
+
+# TFRecords for phase 1 and phase 2.
+for seq_len in 128 512; do
+  data_prep --action create_tfrecord_files --dataset "$dataset" --max_seq_length "$seq_len" \
+    --do_lower_case 1
+done

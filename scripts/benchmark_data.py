@@ -1,0 +1,237 @@
+"""Throughput and memory of build_pretraining_dataset.py on the shipped sample corpus.
+
+Prints numbers and asserts nothing. The sample books are paragraphs wrapped at ~70 columns, so
+they are first turned into one sentence per line: the wrapped lines of each paragraph are
+joined and split naively after . ! or ? followed by white space; a blank line goes before
+every "CHAPTER" heading, so documents are chapters. The 10x corpus is the same files copied
+10 times under other names.
+
+Every build runs as its own subprocess with RAYON_NUM_THREADS=1 (one tokenizer thread per
+process), so a run with P processes uses at most P cores. CPU time (user + system of the whole
+process tree, from wait4) gives tokens per CPU-second; a run on a 2-line corpus measures the
+fixed start-up cost (interpreter, TensorFlow import, opening the output files), which is
+subtracted for the steady-state per-core figure. Memory: the peak of the summed RSS of the
+process tree (sampled from /proc every 100 ms) and the largest single-process peak (wait4).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_CORPUS = REPO / "data" / "sample_corpus" / "austen"
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one build cost and produced."""
+
+    wall_seconds: float
+    cpu_seconds: float
+    peak_tree_rss_mb: float
+    peak_process_rss_mb: float
+    tokens: int
+    sentences: int
+
+
+def split_book(text: str) -> list[str]:
+    """One sentence per line, a blank line before each chapter (see the module docstring)."""
+    lines: list[str] = []
+    for wrapped in re.split(r"\n\s*\n", text):
+        paragraph = " ".join(wrapped.split())
+        if not paragraph:
+            continue
+        if paragraph.startswith("CHAPTER") and lines:
+            lines.append("")
+        lines += re.split(r"(?<=[.!?])\s+", paragraph)
+    return lines
+
+
+def prepare_corpus(target_dir: Path, copies: int) -> None:
+    """Write the sample books, sentence-split, `copies` times into `target_dir`."""
+    target_dir.mkdir(parents=True)
+    for book in sorted(SAMPLE_CORPUS.glob("*.txt")):
+        text = "\n".join(split_book(book.read_text(encoding="utf-8"))) + "\n"
+        for copy in range(copies):
+            (target_dir / f"{book.stem}-{copy}.txt").write_text(text, encoding="utf-8")
+
+
+def prepare_tiny_corpus(target_dir: Path, num_files: int) -> None:
+    """A corpus that costs nothing to process: what remains is the start-up cost."""
+    target_dir.mkdir(parents=True)
+    for index in range(num_files):
+        (target_dir / f"tiny-{index}.txt").write_text("A short sentence.\nAnother one.\n")
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Summed resident memory of `root_pid` and all its descendants, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier += children
+    total = 0
+    for pid in tree:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def run_build(corpus_dir: Path, output_dir: Path, processes: int, backend: str,
+              num_out_files: int) -> RunResult:
+    """Run the program once as a subprocess and measure it."""
+    command = [sys.executable, str(REPO / "build_pretraining_dataset.py"),
+               "--corpus-dir", str(corpus_dir), "--output-dir", str(output_dir),
+               "--vocab-file", str(REPO / "vocab" / "vocab.txt"),
+               "--num-processes", str(processes), "--num-out-files", str(num_out_files),
+               "--tokenizer-backend", backend]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    peak = [0]
+    done = threading.Event()
+
+    def sample_memory() -> None:
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], tree_rss_bytes(process.pid))
+
+    sampler = threading.Thread(target=sample_memory)
+    sampler.start()
+    stderr = process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        sys.exit(f"build failed ({' '.join(command)}):\n{stderr.decode(errors='replace')}")
+    summary = json.loads((output_dir / "build_summary.json").read_text())
+    return RunResult(wall, usage.ru_utime + usage.ru_stime, peak[0] / 2**20,
+                     usage.ru_maxrss / 1024, summary["tokens"], summary["sentences"])
+
+
+def tokenizer_throughput(corpus_dir: Path, backend: str) -> float:
+    """Tokens per CPU-second of the tokenizer alone (this process, one Rust thread), batches
+    of 1024 sentences as in the build: the ceiling of the end-to-end figure."""
+    sys.path.insert(0, str(REPO))
+    import build_pretraining_dataset  # noqa: PLC0415 - imported once RAYON_NUM_THREADS is set
+
+    encoder = build_pretraining_dataset.load_encoder(str(REPO / "vocab" / "vocab.txt"), True,
+                                                     backend)
+    sentences = [line for path in sorted(corpus_dir.glob("*.txt"))
+                 for line in path.read_text(encoding="utf-8").splitlines() if line]
+    start, tokens = time.process_time(), 0
+    for begin in range(0, len(sentences), 1024):
+        tokens += sum(map(len, encoder.encode_batch(sentences[begin:begin + 1024])))
+    return tokens / (time.process_time() - start)
+
+
+def report_throughput(name: str, run: RunResult, startup: RunResult, processes: int) -> None:
+    steady_cpu = max(run.cpu_seconds - startup.cpu_seconds, 1e-9)
+    print(f"{name:<22} {processes:>2}  {run.wall_seconds:7.1f} {run.cpu_seconds:7.1f} "
+          f"{run.tokens / run.wall_seconds:>11,.0f} {run.sentences / run.wall_seconds:>10,.0f} "
+          f"{run.tokens / run.cpu_seconds:>11,.0f} {run.tokens / steady_cpu:>11,.0f}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where corpora and outputs go (default: a temporary directory, "
+                             "removed at the end)")
+    parser.add_argument("--num-out-files", type=int, default=1000,
+                        help="output files per build (default: %(default)s, the recipe's)")
+    parser.add_argument("--large-copies", type=int, default=10,
+                        help="the large corpus is the sample this many times "
+                             "(default: %(default)s)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    # One tokenizer thread per process, here and in every build subprocess (see above).
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="benchmark_data_"))
+    try:
+        run_benchmark(work_dir, args.num_out_files, args.large_copies)
+    finally:
+        if args.work_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def run_benchmark(work_dir: Path, num_out_files: int, large_copies: int) -> None:
+    small, large = work_dir / "corpus_1x", work_dir / f"corpus_{large_copies}x"
+    prepare_corpus(small, 1)
+    prepare_corpus(large, large_copies)
+    for processes in (1, 2):
+        prepare_tiny_corpus(work_dir / f"tiny_{processes}", processes)
+    print(f"cores: {os.cpu_count()}, load average at start: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; RAYON_NUM_THREADS=1 per process; "
+          f"{num_out_files} output files per build")
+
+    def build(corpus: Path, processes: int, backend: str = "rust") -> RunResult:
+        output = work_dir / f"out_{corpus.name}_{processes}_{backend}"
+        result = run_build(corpus, output, processes, backend, num_out_files)
+        shutil.rmtree(output)
+        return result
+
+    for backend in ("rust", "python"):
+        print(f"tokenizer alone, {backend}: {tokenizer_throughput(small, backend):,.0f} "
+              "tokens per CPU-second")
+    startup = {p: build(work_dir / f"tiny_{p}", p) for p in (1, 2)}
+    runs = {(name, backend, p): build(corpus, p, backend)
+            for name, corpus, backends in (("1x", small, ("rust", "python")),
+                                           (f"{large_copies}x", large, ("rust",)))
+            for backend in backends for p in (1, 2)}
+    sample = runs[("1x", "rust", 1)]
+    print(f"sample corpus, sentence-split: {sample.sentences:,} sentences, "
+          f"{sample.tokens:,} WordPiece tokens")
+    for p in (1, 2):
+        print(f"start-up cost with {p} process(es) (2-line corpus): "
+              f"{startup[p].wall_seconds:.1f} s wall, {startup[p].cpu_seconds:.1f} s CPU")
+    print()
+    print(f"{'build':<22} {'P':>2}  {'wall s':>7} {'CPU s':>7} {'tokens/s':>11} "
+          f"{'sent/s':>10} {'tok/CPU-s':>11} {'steady':>11}")
+    for (name, backend, p), run in runs.items():
+        report_throughput(f"{name} {backend}", run, startup[p], p)
+    print("(tokens/s and sent/s: end to end, wall clock; tok/CPU-s: per core, CPU time of the "
+          "whole tree; steady: per core, start-up CPU subtracted)")
+    print()
+    for p in (1, 2):
+        rust, python = runs[("1x", "rust", p)], runs[("1x", "python", p)]
+        print(f"rust vs pure-Python WordPiece, {p} process(es): "
+              f"{python.wall_seconds / rust.wall_seconds:.1f}x end to end (wall), "
+              f"{python.cpu_seconds / rust.cpu_seconds:.1f}x per CPU-second")
+    print()
+    for p in (1, 2):
+        one, many = runs[("1x", "rust", p)], runs[(f"{large_copies}x", "rust", p)]
+        print(f"peak memory, {p} process(es): 1x tree {one.peak_tree_rss_mb:.0f} MB "
+              f"(largest process {one.peak_process_rss_mb:.0f} MB), {large_copies}x tree "
+              f"{many.peak_tree_rss_mb:.0f} MB (largest process "
+              f"{many.peak_process_rss_mb:.0f} MB): ratio "
+              f"{many.peak_tree_rss_mb / one.peak_tree_rss_mb:.2f} (tree), "
+              f"{many.peak_process_rss_mb / one.peak_process_rss_mb:.2f} (largest process)")
+
+
+if __name__ == "__main__":
+    main()
