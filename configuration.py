@@ -140,3 +140,14 @@ class ElectraConfig:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"{path}: not valid JSON ({error})") from None
         return cls.from_dict(content, source=path)
+
+
+@dataclass(frozen=True)
+class PretrainingObjective:
+    """Hyper-parameters of replaced-token detection (SPEC sections 3 and 4)."""
+
+    mask_prob: float = 0.15
+    discriminator_weight: float = 50.0
+    generator_weight: float = 1.0
+    temperature: float = 1.0
+    disallow_correct: bool = False

@@ -15,7 +15,8 @@ from typing import Any, Callable
 import keras
 import tensorflow as tf
 
-from configuration import ElectraConfig
+import pretrain_utils
+from configuration import ElectraConfig, PretrainingObjective
 
 ATTENTION_MASK_BIAS = -1e9
 
@@ -280,3 +281,75 @@ class ElectraGenerator(keras.Model):
         outputs = self.electra(input_ids, attention_mask, token_type_ids, training=training,
                                output_hidden_states=output_hidden_states)
         return {**outputs, "logits": self.generator_predictions(outputs["last_hidden_state"])}
+
+
+class ElectraPretrainingModel(keras.Model):
+    """Generator + discriminator for replaced-token detection (SPEC section 4).
+
+    The two share one embedding block. The generator's masked-LM head runs only at the masked
+    positions (about 15% of tokens), which is where its loss and samples are needed.
+    """
+
+    def __init__(self, discriminator_config: ElectraConfig, generator_config: ElectraConfig,
+                 objective: PretrainingObjective, name: str = "electra_pretraining", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        self.objective = objective
+        self.discriminator = ElectraDiscriminator(discriminator_config, dtype=self.dtype_policy)
+        self.generator = ElectraGenerator(generator_config, embeddings=self.discriminator.electra.embeddings,
+                                          dtype=self.dtype_policy)
+        self.build(None)
+
+    def build(self, input_shape: Any = None) -> None:
+        """Both halves built themselves from their configs."""
+
+    def call(self, input_ids: tf.Tensor, input_mask: tf.Tensor, segment_ids: tf.Tensor,
+             seed: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+        """Losses (float32) and the per-token tensors the metrics need, for one batch.
+
+        `seed` is an int32 [2] tensor for the stateless random ops (masking, sampling): the same
+        seed and batch give the same result, eagerly or under XLA.
+        """
+        objective = self.objective
+        masking_seed, sampling_seed = pretrain_utils.split_seed(seed, 2)
+        max_predictions = pretrain_utils.max_predictions_per_seq(objective.mask_prob, input_ids.shape[1])
+        masked = pretrain_utils.mask_tokens(input_ids, input_mask, objective.mask_prob, max_predictions,
+                                            seed=masking_seed)
+        generator_hidden = self.generator.electra(
+            masked.masked_input_ids, input_mask, segment_ids, training=training)["last_hidden_state"]
+        generator_logits = self.generator.generator_predictions(
+            pretrain_utils.gather_positions(generator_hidden, masked.masked_positions))
+        sampled_ids = pretrain_utils.sample_replacements(
+            generator_logits, masked.masked_ids, seed=sampling_seed, temperature=objective.temperature,
+            disallow_correct=objective.disallow_correct)
+        fake_input_ids, labels = pretrain_utils.replace_and_label(
+            input_ids, masked.masked_positions, sampled_ids, masked.masked_weights)
+        discriminator_logits = self.discriminator(
+            fake_input_ids, input_mask, segment_ids, training=training)["logits"]
+        generator_loss = masked_lm_loss(generator_logits, masked.masked_ids, masked.masked_weights)
+        discriminator_loss = replaced_token_loss(discriminator_logits, labels, input_mask)
+        return {
+            "total_loss": objective.generator_weight * generator_loss
+                          + objective.discriminator_weight * discriminator_loss,
+            "generator_loss": generator_loss,
+            "discriminator_loss": discriminator_loss,
+            "masked_weights": masked.masked_weights,
+            "masked_lm_correct": tf.cast(
+                tf.equal(tf.argmax(generator_logits, -1, output_type=tf.int32), masked.masked_ids), tf.float32),
+            "sampled_correct": tf.cast(tf.equal(sampled_ids, masked.masked_ids), tf.float32),
+            "discriminator_probs": tf.sigmoid(discriminator_logits),
+            "discriminator_labels": labels,
+            "input_mask": tf.cast(input_mask, tf.float32),
+        }
+
+
+def masked_lm_loss(logits: tf.Tensor, target_ids: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """Cross-entropy at the masked positions, averaged over real predictions (float32)."""
+    per_position = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=target_ids, logits=logits)
+    return tf.reduce_sum(per_position * weights) / tf.maximum(tf.reduce_sum(weights), 1e-6)
+
+
+def replaced_token_loss(logits: tf.Tensor, labels: tf.Tensor, input_mask: tf.Tensor) -> tf.Tensor:
+    """Sigmoid cross-entropy of "replaced" vs "original", averaged over real tokens (float32)."""
+    mask = tf.cast(input_mask, tf.float32)
+    per_token = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32), logits=logits)
+    return tf.reduce_sum(per_token * mask) / tf.maximum(tf.reduce_sum(mask), 1e-6)

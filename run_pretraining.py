@@ -1,0 +1,418 @@
+"""Pretrain ELECTRA (generator + discriminator, replaced-token detection) from TFRecords.
+
+One optimizer step = `--gradient_accumulation_steps` micro-batches of `--train_batch_size`
+sequences; the averaged gradient is unscaled (fp16), checked for inf/NaN (a bad step is skipped),
+clipped to global norm 1.0 and applied by LAMB or AdamW. Checkpoints hold the model, the
+optimizer, the loss scale, the step and the input position, so `--restore_checkpoint latest`
+continues a run as if it had never stopped; SIGTERM/SIGINT (e.g. Slurm pre-emption) saves one
+and exits 0.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import optimization  # noqa: E402
+import pretrain_utils  # noqa: E402
+from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective  # noqa: E402
+from model_folder import assign_tensors, read_tensors  # noqa: E402
+from modeling import ElectraPretrainingModel  # noqa: E402
+
+logger = logging.getLogger("run_pretraining")
+RUN_CONFIG_FILE = "run_config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    model = parser.add_argument_group("model and objective")
+    model.add_argument("--model_name", default="electra_pretraining", help="name of the run, used in logs")
+    model.add_argument("--model_size", choices=sorted(MODEL_SIZES), default="base", help="discriminator size (SPEC section 1)")
+    model.add_argument("--model_config", default=None,
+                       help="a discriminator config.json (Hugging Face keys) for a custom size; overrides --model_size")
+    model.add_argument("--vocab_size", type=int, default=30522, help="vocabulary size of the TFRecords' ids")
+    model.add_argument("--generator_hidden_size", type=float, default=None,
+                       help="generator hidden size as a fraction of the discriminator's (default: 0.25 small/large, 1/3 base)")
+    model.add_argument("--max_seq_length", type=int, default=128, help="sequence length of the TFRecords")
+    model.add_argument("--mask_prob", type=float, default=0.15, help="fraction of tokens masked")
+    model.add_argument("--disc_weight", type=float, default=50.0, help="weight of the discriminator loss")
+    model.add_argument("--temperature", type=float, default=1.0, help="generator sampling temperature")
+    model.add_argument("--disallow_correct", action=argparse.BooleanOptionalAction, default=False,
+                       help="never sample the original token")
+    data = parser.add_argument_group("data")
+    data.add_argument("--pretrain_tfrecords", required=True, help="comma-separated glob(s) of pretraining TFRecords")
+    data.add_argument("--train_batch_size", type=int, default=176, help="sequences per micro-batch per process")
+    data.add_argument("--shuffle_buffer", type=int, default=10000, help="records in the shuffle buffer")
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--optimizer", choices=optimization.OPTIMIZER_NAMES, default="lamb", help="optimizer")
+    optim.add_argument("--learning_rate", type=float, default=6e-3, help="peak learning rate")
+    optim.add_argument("--end_lr", type=float, default=0.0, help="learning rate at the end of the decay")
+    optim.add_argument("--lr_decay_power", type=float, default=0.5, help="exponent of the polynomial decay")
+    optim.add_argument("--num_train_steps", type=int, default=10000, help="optimizer steps of the whole phase")
+    optim.add_argument("--num_warmup_steps", type=int, default=2000, help="linear warm-up steps")
+    optim.add_argument("--steps_this_run", type=int, default=None,
+                       help="stop after this many optimizer steps in this invocation (default: to the end)")
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    optim.add_argument("--opt_beta_1", type=float, default=0.878, help="beta_1 of LAMB/Adam")
+    optim.add_argument("--opt_beta_2", type=float, default=0.974, help="beta_2 of LAMB/Adam")
+    optim.add_argument("--weight_decay_rate", type=float, default=0.01, help="weight decay (LayerNorm and biases excluded)")
+    optim.add_argument("--skip_adaptive", action=argparse.BooleanOptionalAction, default=False,
+                       help="LAMB: exclude LayerNorm weights and biases from the trust ratio too")
+    optim.add_argument("--seed", type=int, default=12345, help="seed of every random choice")
+    speed = parser.add_argument_group("precision and speed")
+    speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                       help="mixed precision (fp32 master weights, --amp_dtype compute)")
+    speed.add_argument("--amp_dtype", choices=("float16", "bfloat16"), default="float16",
+                       help="compute dtype with --amp; float16 uses dynamic loss scaling")
+    speed.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False, help="XLA-compile the training step")
+    speed.add_argument("--fp16_compression", action=argparse.BooleanOptionalAction, default=False,
+                       help="send gradients as float16 in the multi-process all-reduce (no effect on one process)")
+    ckpt = parser.add_argument_group("checkpoints and logs")
+    ckpt.add_argument("--results_dir", default="results", help="checkpoints and the run configuration go here")
+    ckpt.add_argument("--log_dir", default=None, help="metrics and TensorBoard logs (default: RESULTS_DIR/logs)")
+    ckpt.add_argument("--json-summary", dest="json_summary", default=None,
+                      help="JSON-lines metrics file (default: LOG_DIR/metrics.jsonl)")
+    ckpt.add_argument("--log_freq", type=int, default=50, help="optimizer steps between log lines")
+    ckpt.add_argument("--save_checkpoints_steps", type=int, default=500, help="optimizer steps between checkpoints")
+    ckpt.add_argument("--keep_checkpoint_max", type=int, default=5, help="checkpoints kept")
+    ckpt.add_argument("--restore_checkpoint", default=None,
+                      help="'latest' (of RESULTS_DIR) or a checkpoint path/folder to resume from; with "
+                           "--phase2, the phase-1 checkpoint to start from")
+    ckpt.add_argument("--phase2", action=argparse.BooleanOptionalAction, default=False,
+                      help="start from --restore_checkpoint's weights and optimizer slots with the step reset "
+                           "(a phase-2 run that has its own checkpoints resumes them instead)")
+    ckpt.add_argument("--init_checkpoint", default=None,
+                      help="folder with discriminator/ and generator/ model folders (Hugging Face layout, e.g. "
+                           "from postprocess_pretrained_ckpt.py or a released ELECTRA) to start from")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    validate_args(parser, args)
+    return args
+
+
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.num_warmup_steps >= args.num_train_steps:
+        parser.error("--num_warmup_steps must be below --num_train_steps")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "log_freq", "save_checkpoints_steps",
+                 "max_seq_length", "keep_checkpoint_max"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.phase2 and not args.restore_checkpoint:
+        parser.error("--phase2 needs --restore_checkpoint naming the phase-1 checkpoint")
+    args.log_dir = args.log_dir or os.path.join(args.results_dir, "logs")
+    args.json_summary = args.json_summary or os.path.join(args.log_dir, METRICS_FILE)
+
+
+def compute_policy(args: argparse.Namespace) -> str:
+    return f"mixed_{args.amp_dtype}" if args.amp else "float32"
+
+
+def discriminator_config_from_args(args: argparse.Namespace) -> ElectraConfig:
+    if args.model_config:
+        return ElectraConfig.from_json_file(args.model_config)
+    return ElectraConfig.from_size(args.model_size, vocab_size=args.vocab_size)
+
+
+def build_model(args: argparse.Namespace) -> ElectraPretrainingModel:
+    discriminator_config = discriminator_config_from_args(args)
+    generator_config = discriminator_config.generator_config(hidden_fraction=args.generator_hidden_size)
+    objective = PretrainingObjective(mask_prob=args.mask_prob, discriminator_weight=args.disc_weight,
+                                     temperature=args.temperature, disallow_correct=args.disallow_correct)
+    return ElectraPretrainingModel(discriminator_config, generator_config, objective, dtype=compute_policy(args))
+
+
+def build_optimizer(args: argparse.Namespace, variables: list) -> keras.optimizers.Optimizer:
+    schedule = optimization.WarmupPolynomialDecay(
+        args.learning_rate, args.num_warmup_steps, args.num_train_steps, args.end_lr, args.lr_decay_power)
+    optimizer = optimization.create_optimizer(
+        args.optimizer, schedule, weight_decay_rate=args.weight_decay_rate, beta_1=args.opt_beta_1,
+        beta_2=args.opt_beta_2, epsilon=1e-6, skip_adaptive=args.skip_adaptive)
+    optimizer.build(variables)
+    return optimizer
+
+
+class PretrainingMetrics:
+    """Running means of SPEC section 4's metrics between two log lines (discriminator AUC included)."""
+
+    NAMES = ("total_loss", "generator_loss", "discriminator_loss", "masked_lm_accuracy", "sampled_accuracy",
+             "discriminator_accuracy", "discriminator_precision", "discriminator_recall")
+
+    def __init__(self) -> None:
+        self.means = {name: keras.metrics.Mean(name=name) for name in self.NAMES}
+        self.auc = keras.metrics.AUC(num_thresholds=200, name="discriminator_auc")
+
+    @tf.function
+    def update(self, outputs: dict[str, tf.Tensor]) -> None:
+        weights, mask = outputs["masked_weights"], outputs["input_mask"]
+        labels = tf.cast(outputs["discriminator_labels"], tf.float32)
+        predicted = tf.cast(outputs["discriminator_probs"] > 0.5, tf.float32)
+        for name in ("total_loss", "generator_loss", "discriminator_loss"):
+            self.means[name].update_state(outputs[name])
+        self.means["masked_lm_accuracy"].update_state(outputs["masked_lm_correct"], weights)
+        self.means["sampled_accuracy"].update_state(outputs["sampled_correct"], weights)
+        self.means["discriminator_accuracy"].update_state(tf.cast(tf.equal(predicted, labels), tf.float32), mask)
+        self.means["discriminator_precision"].update_state(labels, predicted * mask)
+        self.means["discriminator_recall"].update_state(predicted, labels * mask)
+        self.auc.update_state(labels, outputs["discriminator_probs"], sample_weight=mask)
+
+    def result_and_reset(self) -> dict[str, float]:
+        values = {name: float(metric.result()) for name, metric in self.means.items()}
+        values["discriminator_auc"] = float(self.auc.result())
+        for metric in [*self.means.values(), self.auc]:
+            metric.reset_state()
+        return values
+
+
+class Trainer:
+    """The training step: micro-batch gradients, accumulation, loss scaling, clipping, update."""
+
+    def __init__(self, model: ElectraPretrainingModel, optimizer: keras.optimizers.Optimizer, args: argparse.Namespace):
+        self.model = model
+        self.optimizer = optimizer
+        self.variables = model.trainable_variables
+        self.accumulation_steps = args.gradient_accumulation_steps
+        self.loss_scale = (optimization.DynamicLossScale() if args.amp and args.amp_dtype == "float16"
+                           else optimization.NoLossScale())
+        self.accumulator = optimization.GradientAccumulator(self.variables)
+        self.seed = args.seed
+        self.micro_step = tf.function(self._micro_step, jit_compile=args.xla)
+        self.apply_step = tf.function(self._apply_step, jit_compile=args.xla)
+
+    def _micro_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            outputs = self.model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, training=True)
+            scaled_loss = self.loss_scale.scale(outputs["total_loss"])
+        self.accumulator.accumulate(tape.gradient(scaled_loss, self.variables))
+        return outputs
+
+    def _apply_step(self) -> dict[str, tf.Tensor]:
+        gradients = self.loss_scale.unscale(self.accumulator.mean())
+        finite = self.loss_scale.update(gradients)
+        global_norm = optimization.apply_gradients_if_finite(self.optimizer, gradients, self.variables, finite)
+        self.accumulator.reset()
+        return {"gradient_norm": global_norm, "finite": finite}
+
+    def step(self, iterator: Any, step: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        """One optimizer step; micro-batch k of step s draws its masks and samples from
+        (seed, s * accumulation + k), so a resumed run repeats exactly."""
+        outputs = []
+        for k in range(self.accumulation_steps):
+            seed = tf.constant([self.seed, step * self.accumulation_steps + k], tf.int32)
+            outputs.append(self.micro_step(next(iterator), seed))
+        return outputs, self.apply_step()
+
+
+class CheckpointState:
+    """Everything a resumed run needs, saved and restored as one `tf.train.Checkpoint`."""
+
+    def __init__(self, trainer: Trainer, iterator: Any, directory: str, keep: int):
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # Keras keeps the dropout RNG states outside what the model checkpoints; saved here so a
+        # resumed run draws the same dropout masks.
+        self.checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+                                              loss_scale=trainer.loss_scale, step=self.step, iterator=iterator,
+                                              dropout_rng=list(trainer.model.non_trainable_variables))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+
+    def save(self) -> str:
+        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+        logger.info("Saved checkpoint %s", path)
+        return path
+
+    def resume(self, path: str) -> None:
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+        logger.info("Resumed from %s at step %d", path, int(self.step.numpy()))
+
+    def start_phase2(self, path: str) -> None:
+        """Weights, optimizer slots and loss scale of phase 1; step and input position start anew."""
+        phase1 = tf.train.Checkpoint(model=self.checkpoint.model, optimizer=self.checkpoint.optimizer,
+                                     loss_scale=self.checkpoint.loss_scale)
+        phase1.restore(path).expect_partial().assert_existing_objects_matched()
+        self.checkpoint.optimizer.iterations.assign(0)
+        self.step.assign(0)
+        logger.info("Phase 2 starts from phase-1 checkpoint %s (optimizer step reset)", path)
+
+
+def checkpoint_path(spec: str, default_directory: str) -> str:
+    """'latest' -> newest checkpoint of the run; a folder -> its newest; else the path itself."""
+    directory = default_directory if spec == "latest" else spec
+    if spec == "latest" or os.path.isdir(spec):
+        path = tf.train.latest_checkpoint(directory)
+        if path is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
+        return path
+    if not tf.io.gfile.exists(spec + ".index"):
+        raise FileNotFoundError(f"checkpoint not found: {spec} (expected {spec}.index)")
+    return spec
+
+
+def check_run_config_matches(model: ElectraPretrainingModel, checkpoint: str) -> None:
+    """Restoring into another model fails inside TensorFlow with a bare shape error; name the cause."""
+    saved_config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), RUN_CONFIG_FILE)
+    if not os.path.isfile(saved_config):
+        return
+    with open(saved_config, encoding="utf-8") as f:
+        saved = json.load(f)
+    for part in ("discriminator", "generator"):
+        ours = getattr(model, part).config.to_dict()
+        theirs = saved.get(part, ours)
+        differences = sorted(k for k in ours if not k.endswith("dropout_prob") and theirs.get(k) != ours[k])
+        if differences:
+            raise ValueError(f"checkpoint {checkpoint} holds a {part} with a different architecture ("
+                             + ", ".join(f"{k}: checkpoint {theirs.get(k)}, this run {ours[k]}" for k in differences)
+                             + "); check --model_size / --model_config / --generator_hidden_size")
+
+
+def restore_or_initialise(args: argparse.Namespace, state: CheckpointState, trainer: Trainer,
+                          checkpoint_dir: str) -> None:
+    own_checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
+    if args.phase2 and own_checkpoint is None:
+        path = checkpoint_path(args.restore_checkpoint, checkpoint_dir)
+        check_run_config_matches(trainer.model, path)
+        state.start_phase2(path)
+    elif args.restore_checkpoint:
+        path = own_checkpoint if args.phase2 else checkpoint_path(args.restore_checkpoint, checkpoint_dir)
+        check_run_config_matches(trainer.model, path)
+        state.resume(path)
+    elif own_checkpoint is not None:
+        raise FileExistsError(f"{checkpoint_dir} already holds checkpoints; pass --restore_checkpoint latest "
+                              "to resume them or choose another --results_dir")
+    elif args.init_checkpoint:
+        load_init_checkpoint(trainer.model, args.init_checkpoint)
+
+
+def load_init_checkpoint(model: ElectraPretrainingModel, folder: str) -> None:
+    """Start from Hugging Face model folders (weights only: released models carry no optimizer)."""
+    for name, part in (("generator", model.generator), ("discriminator", model.discriminator)):
+        source = os.path.join(folder, name)
+        report = assign_tensors(part, read_tensors(source), source=source)
+        logger.info("Initialised the %s from %s%s", name, source,
+                    f" (unused: {', '.join(report.unused)})" if report.unused else "")
+
+
+class MetricsLog:
+    """Human-readable lines, a JSON-lines file and TensorBoard summaries, one entry per log step."""
+
+    def __init__(self, args: argparse.Namespace):
+        os.makedirs(args.log_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_summary)), exist_ok=True)
+        self.json_file = open(args.json_summary, "a", encoding="utf-8")
+        self.writer = tf.summary.create_file_writer(args.log_dir)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        record = {"step": step, **values}
+        self.json_file.write(json.dumps(record) + "\n")
+        self.json_file.flush()
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(name, value)
+        logger.info("step %d | %s", step, " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    def close(self) -> None:
+        self.json_file.close()
+        self.writer.close()
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so the run saves and exits."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+
+
+def save_run_config(args: argparse.Namespace, model: ElectraPretrainingModel) -> None:
+    os.makedirs(args.results_dir, exist_ok=True)
+    content = {**vars(args), "discriminator": model.discriminator.config.to_dict(),
+               "generator": model.generator.config.to_dict(),
+               "objective": dataclasses.asdict(model.objective)}
+    with open(os.path.join(args.results_dir, RUN_CONFIG_FILE), "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, sort_keys=True)
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    """Run (or continue) the phase; returns the final step and the last logged metrics."""
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(args)
+    optimizer = build_optimizer(args, model.trainable_variables)
+    trainer = Trainer(model, optimizer, args)
+    dataset = pretrain_utils.pretraining_dataset(args.pretrain_tfrecords, args.train_batch_size,
+                                                 args.max_seq_length, seed=args.seed,
+                                                 shuffle_buffer=args.shuffle_buffer)
+    iterator = iter(dataset)
+    checkpoint_dir = os.path.join(args.results_dir, "checkpoints")
+    state = CheckpointState(trainer, iterator, checkpoint_dir, args.keep_checkpoint_max)
+    restore_or_initialise(args, state, trainer, checkpoint_dir)
+    save_run_config(args, model)
+    return training_loop(args, trainer, state, iterator)
+
+
+def training_loop(args: argparse.Namespace, trainer: Trainer, state: CheckpointState, iterator: Any) -> dict[str, Any]:
+    start = int(state.step.numpy())
+    last = args.num_train_steps if args.steps_this_run is None else min(args.num_train_steps, start + args.steps_this_run)
+    metrics, log, stop = PretrainingMetrics(), MetricsLog(args), StopRequest()
+    sequences_per_step = args.train_batch_size * args.gradient_accumulation_steps
+    logged: dict[str, float] = {}
+    window_start, window_steps, skipped = time.perf_counter(), 0, 0
+    bar = tqdm(total=last, initial=start, desc="pretraining", unit="step", dynamic_ncols=True)
+    for step in range(start, last):
+        outputs, update = trainer.step(iterator, step)
+        for micro_outputs in outputs:
+            metrics.update(micro_outputs)
+        skipped += int(not bool(update["finite"]))
+        state.step.assign(step + 1)
+        window_steps += 1
+        bar.update(1)
+        if (step + 1) % args.log_freq == 0 or step + 1 == last:
+            elapsed = time.perf_counter() - window_start
+            logged = {**metrics.result_and_reset(), "learning_rate": float(trainer.optimizer.learning_rate),
+                      "gradient_norm": float(update["gradient_norm"]), "loss_scale": float(trainer.loss_scale.value),
+                      "skipped_steps": skipped, "sequences_per_second": window_steps * sequences_per_step / elapsed}
+            log.write(step + 1, logged)
+            bar.set_postfix(loss=f"{logged['total_loss']:.3f}")
+            window_start, window_steps = time.perf_counter(), 0
+        if (step + 1) % args.save_checkpoints_steps == 0 or step + 1 == last or stop.signal_name:
+            state.save()
+        if stop.signal_name:
+            logger.warning("%s received: saved a checkpoint at step %d, exiting", stop.signal_name, step + 1)
+            break
+    bar.close()
+    log.close()
+    return {"step": int(state.step.numpy()), **logged}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        result = train(args)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        logger.error("%s", error)
+        return 1
+    logger.info("Finished at step %d", result["step"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""run_pretraining.py: the objective's losses, the training step, checkpoints and resume, phases,
+signals, and learning on real text."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import run_pretraining
+from configuration import ElectraConfig, PretrainingObjective
+from model_folder import save_model_folder
+from modeling import (ElectraDiscriminator, ElectraGenerator, ElectraPretrainingModel, masked_lm_loss,
+                      replaced_token_loss)
+
+TINY_CONFIG = {"vocab_size": 30522, "embedding_size": 32, "hidden_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 1, "intermediate_size": 128, "max_position_embeddings": 128}
+PROCESS_TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def tiny_config_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(TINY_CONFIG))
+    return str(path)
+
+
+def pretraining_command(config_file: str, tfrecords: str, results_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "run_pretraining.py", "--model_config", config_file, "--generator_hidden_size", "1.0",
+            "--pretrain_tfrecords", tfrecords, "--train_batch_size", "4", "--learning_rate", "1e-3",
+            "--num_warmup_steps", "2", "--log_freq", "1", "--shuffle_buffer", "100",
+            "--results_dir", str(results_dir), *extra]
+
+
+def run(command: list[str], repo_root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
+
+
+def checkpoint_variables(path: str) -> dict[str, np.ndarray]:
+    """Every saved tensor: model, optimizer slots, loss scale, step (the input position is
+    compared through the losses logged after the resume)."""
+    reader = tf.train.load_checkpoint(path)
+    return {name: reader.get_tensor(name) for name, _ in tf.train.list_variables(path)
+            if not name.startswith(("iterator", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def metrics_records(results_dir: Path) -> list[dict]:
+    lines = (results_dir / "logs" / run_pretraining.METRICS_FILE).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def test_masked_lm_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 3, 7)).astype(np.float32)
+    targets = np.array([[1, 4, 0], [6, 2, 5]], np.int32)
+    weights = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    per_position = -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+    expected = (per_position * weights).sum() / weights.sum()
+    np.testing.assert_allclose(masked_lm_loss(logits, targets, weights).numpy(), expected, rtol=1e-6)
+
+
+def test_replaced_token_loss_matches_numpy():
+    logits = np.array([[2.0, -1.0, 0.5, 3.0], [-2.0, 0.0, 1.0, 9.0]], np.float32)
+    labels = np.array([[1, 0, 0, 1], [0, 1, 1, 0]], np.int32)
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.int32)
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    per_token = -(labels * np.log(probs) + (1 - labels) * np.log(1 - probs))
+    expected = (per_token * mask).sum() / mask.sum()
+    np.testing.assert_allclose(replaced_token_loss(logits, labels, mask).numpy(), expected, rtol=1e-6)
+
+
+def test_pretraining_model_combines_the_two_losses_and_labels_the_replacements():
+    config = ElectraConfig(**TINY_CONFIG)
+    model = ElectraPretrainingModel(config, config, PretrainingObjective(discriminator_weight=50.0))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 30000, size=(3, 40)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = np.ones_like(ids)
+    mask[2, 20:] = 0
+    outputs = model(ids, mask, np.zeros_like(ids), tf.constant([3, 4]), training=False)
+    np.testing.assert_allclose(outputs["total_loss"],
+                               outputs["generator_loss"] + 50.0 * outputs["discriminator_loss"], rtol=1e-6)
+    weights = outputs["masked_weights"].numpy()
+    assert weights.sum(axis=1).tolist() == [6, 6, 3]  # round(40 x 0.15), round(20 x 0.15)
+    labels = outputs["discriminator_labels"].numpy()
+    replaced = weights * (1 - outputs["sampled_correct"].numpy())
+    assert labels.sum() == replaced.sum()  # an untrained generator rarely samples the original
+    assert labels[2, 20:].sum() == 0
+
+
+# ----------------------------------------------------------------------------- the training step
+
+
+class QuadraticModel(keras.Model):
+    """A deterministic stand-in with the pretraining model's call signature: the loss is a
+    function of the batch and the weights only, so accumulation can be compared exactly."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = keras.layers.Embedding(50, 4)
+        self.dense = keras.layers.Dense(1)
+        self.embedding.build((None, None))
+        self.dense.build((None, 4))
+
+    def call(self, input_ids, input_mask, segment_ids, seed, training=False):
+        pooled = tf.reduce_mean(self.embedding(input_ids) * tf.cast(input_mask, tf.float32)[..., None], axis=1)
+        return {"total_loss": tf.reduce_mean(tf.square(self.dense(pooled) - 1.0))}
+
+
+def trainer_args(accumulation: int, batch: int) -> object:
+    return run_pretraining.parse_args([
+        "--pretrain_tfrecords", "unused", "--optimizer", "adam", "--learning_rate", "0.1",
+        "--num_warmup_steps", "0", "--num_train_steps", "10", "--train_batch_size", str(batch),
+        "--gradient_accumulation_steps", str(accumulation)])
+
+
+def test_accumulated_micro_batches_equal_one_large_batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=(16, 6)).astype(np.int32)
+    mask = (rng.random((16, 6)) > 0.2).astype(np.int32)
+    batches = {"input_ids": ids, "input_mask": mask, "segment_ids": np.zeros_like(ids)}
+    final_weights = []
+    for accumulation, batch in ((4, 4), (1, 16)):
+        keras.utils.set_random_seed(0)
+        model = QuadraticModel()
+        args = trainer_args(accumulation, batch)
+        trainer = run_pretraining.Trainer(model, run_pretraining.build_optimizer(args, model.trainable_variables), args)
+        micro_batches = iter([{k: v[i:i + batch] for k, v in batches.items()} for i in range(0, 16, batch)] * 3)
+        for step in range(3):
+            trainer.step(micro_batches, step)
+        final_weights.append([v.numpy() for v in model.trainable_variables])
+    for accumulated, large in zip(*final_weights):
+        np.testing.assert_allclose(accumulated, large, atol=1e-5)
+
+
+def test_accumulated_gradient_is_the_large_batch_gradient():
+    """Adam and LAMB hardly see a gradient's scale, so check the averaged gradient itself."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 50, size=(12, 5)).astype(np.int32)
+    batch = {"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": np.zeros_like(ids)}
+    model = QuadraticModel()
+    args = trainer_args(3, 4)
+    trainer = run_pretraining.Trainer(model, run_pretraining.build_optimizer(args, model.trainable_variables), args)
+    for i in range(0, 12, 4):
+        trainer.micro_step({k: v[i:i + 4] for k, v in batch.items()}, tf.constant([0, 0]))
+    with tf.GradientTape() as tape:
+        loss = model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], None)["total_loss"]
+    expected = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
+    for accumulated, large in zip(trainer.accumulator.mean(), expected):
+        np.testing.assert_allclose(accumulated, large, rtol=1e-5, atol=1e-7)
+
+
+def test_every_flag_has_help_and_booleans_parse_both_ways():
+    parser_actions = run_pretraining.build_parser()._actions
+    for action in parser_actions:
+        assert action.help, action.option_strings
+    args = run_pretraining.parse_args(["--pretrain_tfrecords", "x", "--amp", "--no-xla", "--skip_adaptive"])
+    assert args.amp is True and args.xla is False and args.skip_adaptive is True
+    assert run_pretraining.parse_args(["--pretrain_tfrecords", "x"]).amp is False
+
+
+# ----------------------------------------------------------------------------- runs, checkpoints, signals
+
+
+def test_resume_after_sigkill_continues_as_if_never_stopped(repo_root, tiny_config_file, austen_tfrecords, tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    steps = ["--num_train_steps", "12", "--save_checkpoints_steps", "2"]
+    result = run(pretraining_command(tiny_config_file, austen_tfrecords["train"], straight, *steps), repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    process = subprocess.Popen(pretraining_command(tiny_config_file, austen_tfrecords["train"], interrupted, *steps),
+                               cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while not list((interrupted / "checkpoints").glob("ckpt-*.index")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    resumed = run(pretraining_command(tiny_config_file, austen_tfrecords["train"], interrupted, *steps,
+                                      "--restore_checkpoint", "latest"), repo_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_from = int(resumed.stderr.split("at step ")[1].split()[0])
+    assert 2 <= resumed_from < 12, "the kill should land mid-run"
+
+    final_straight = checkpoint_variables(str(straight / "checkpoints" / "ckpt-12"))
+    final_resumed = checkpoint_variables(str(interrupted / "checkpoints" / "ckpt-12"))
+    assert final_straight.keys() == final_resumed.keys() and len(final_straight) > 50
+    for name, value in final_straight.items():
+        np.testing.assert_allclose(final_resumed[name], value, atol=1e-6, err_msg=name)
+    # Same data in the same order, same masks: the logged losses of the steps after the resume agree.
+    after = {r["step"]: r["total_loss"] for r in metrics_records(straight) if r["step"] > resumed_from}
+    resumed_after = {r["step"]: r["total_loss"] for r in metrics_records(interrupted) if r["step"] > resumed_from}
+    assert after.keys() == resumed_after.keys()
+    for step, loss in after.items():
+        assert resumed_after[step] == pytest.approx(loss, abs=1e-5), step
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(repo_root, tiny_config_file, austen_tfrecords, tmp_path):
+    process = subprocess.Popen(
+        pretraining_command(tiny_config_file, austen_tfrecords["train"], tmp_path, "--num_train_steps", "100000",
+                            "--save_checkpoints_steps", "100000"),
+        cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "logs" / run_pretraining.METRICS_FILE
+    deadline = time.monotonic() + PROCESS_TIMEOUT
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "SIGTERM received" in stderr
+    saved = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "checkpoints").glob("ckpt-*.index"))
+    assert len(saved) == 1 and 2 <= saved[0] < 100000
+    assert metrics_records(tmp_path)[-1]["step"] <= saved[0]
+
+
+def test_restoring_into_another_model_size_is_a_clear_error(repo_root, tiny_config_file, austen_tfrecords, tmp_path):
+    first = run(pretraining_command(tiny_config_file, austen_tfrecords["train"], tmp_path, "--num_train_steps", "3",
+                                    "--num_warmup_steps", "1"), repo_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    bigger = tmp_path / "bigger.json"
+    bigger.write_text(json.dumps({**TINY_CONFIG, "hidden_size": 128, "num_attention_heads": 2}))
+    command = pretraining_command(str(bigger), austen_tfrecords["train"], tmp_path, "--num_train_steps", "6",
+                                  "--restore_checkpoint", "latest")
+    second = run(command, repo_root)
+    assert second.returncode == 1
+    assert "different architecture (hidden_size: checkpoint 64, this run 128" in second.stderr
+
+
+def test_existing_checkpoints_are_not_overwritten_without_restore(repo_root, tiny_config_file, austen_tfrecords, tmp_path):
+    args = ("--num_train_steps", "3", "--num_warmup_steps", "1")
+    assert run(pretraining_command(tiny_config_file, austen_tfrecords["train"], tmp_path, *args), repo_root).returncode == 0
+    again = run(pretraining_command(tiny_config_file, austen_tfrecords["train"], tmp_path, *args), repo_root)
+    assert again.returncode == 1 and "already holds checkpoints" in again.stderr
+
+
+def test_phase2_starts_from_phase1_weights_with_the_step_reset(repo_root, tiny_config_file, austen_tfrecords, tmp_path):
+    phase1, phase2 = tmp_path / "phase1", tmp_path / "phase2"
+    assert run(pretraining_command(tiny_config_file, austen_tfrecords["train"], phase1, "--num_train_steps", "4"),
+               repo_root).returncode == 0
+    # Learning rate 0 in phase 2's first step (warm-up starts at 0), so its weights stay phase 1's.
+    command = pretraining_command(tiny_config_file, austen_tfrecords["heldout"], phase2, "--phase2",
+                                  "--restore_checkpoint", str(phase1 / "checkpoints"), "--num_train_steps", "3",
+                                  "--steps_this_run", "1")
+    result = run(command, repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Phase 2 starts from phase-1 checkpoint" in result.stderr
+    phase1_final = tf.train.load_checkpoint(str(phase1 / "checkpoints" / "ckpt-4"))
+    phase2_first = tf.train.load_checkpoint(str(phase2 / "checkpoints" / "ckpt-1"))
+    assert phase2_first.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE") == 1
+    # A checkpoint stores each variable once, under its first path: the weights are the optimizer's.
+    model_tensors = [n for n, _ in tf.train.list_variables(str(phase2 / "checkpoints" / "ckpt-1"))
+                     if n.startswith("optimizer/_trainable_variables/")]
+    assert len(model_tensors) > 50
+    for name in model_tensors:
+        np.testing.assert_array_equal(phase2_first.get_tensor(name), phase1_final.get_tensor(name), err_msg=name)
+    # Running the same phase-2 command again resumes phase 2's own checkpoint, not phase 1's.
+    again = run(command, repo_root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resumed from" in again.stderr and "at step 1" in again.stderr
+
+
+def test_init_checkpoint_loads_hugging_face_model_folders(repo_root, tiny_config_file, austen_tfrecords, tmp_path):
+    config = ElectraConfig(**TINY_CONFIG)
+    discriminator = ElectraDiscriminator(config)
+    generator = ElectraGenerator(config.generator_config(hidden_fraction=1.0),
+                                 embeddings=discriminator.electra.embeddings)
+    save_model_folder(discriminator, str(tmp_path / "init" / "discriminator"))
+    save_model_folder(generator, str(tmp_path / "init" / "generator"))
+    result = run(pretraining_command(tiny_config_file, austen_tfrecords["train"], tmp_path / "run",
+                                     "--init_checkpoint", str(tmp_path / "init"), "--num_train_steps", "3",
+                                     "--steps_this_run", "1"), repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = tf.train.load_checkpoint(str(tmp_path / "run" / "checkpoints" / "ckpt-1"))
+    # Saved under the optimizer's unnamed paths; the word embeddings are the one [vocab, 32] tensor.
+    word_embeddings = next(n for n, shape in tf.train.list_variables(str(tmp_path / "run" / "checkpoints" / "ckpt-1"))
+                           if n.startswith("optimizer/_trainable_variables/") and shape == [30522, 32])
+    np.testing.assert_array_equal(saved.get_tensor(word_embeddings),
+                                  discriminator.electra.embeddings.word_embeddings.numpy())
