@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -394,3 +394,56 @@ def apply_gradients_if_finite(optimizer: keras.optimizers.Optimizer, gradients: 
 
     tf.cond(finite, apply, lambda: tf.constant(False))
     return global_norm
+
+
+def make_loss_scale(compute_dtype: str) -> NoLossScale:
+    """Dynamic loss scaling for float16 compute; bfloat16 and float32 need none."""
+    return DynamicLossScale() if compute_dtype == "float16" else NoLossScale()
+
+
+class Trainer:
+    """The training step shared by pretraining and fine-tuning.
+
+    An optimizer step runs `accumulation_steps` micro-steps, each adding the gradient of the
+    (scaled) `total_loss` returned by `loss_fn(batch, seed)`; then the mean gradient is unscaled,
+    checked for inf/NaN (the loss scale adjusts itself), clipped and applied only when finite.
+    Micro-step k of optimizer step s gets the stateless seed (seed, s * accumulation_steps + k),
+    so a resumed run draws the same random numbers as an uninterrupted one.
+    """
+
+    def __init__(self, loss_fn: Callable[[dict[str, tf.Tensor], tf.Tensor], dict[str, tf.Tensor]],
+                 variables: Sequence[Any], optimizer: keras.optimizers.Optimizer, *, accumulation_steps: int = 1,
+                 loss_scale: NoLossScale | None = None, seed: int = 0, jit_compile: bool = False,
+                 clip_norm: float = DEFAULT_CLIP_NORM):
+        self.loss_fn = loss_fn
+        self.variables = list(variables)
+        self.optimizer = optimizer
+        self.accumulation_steps = accumulation_steps
+        self.loss_scale = loss_scale or NoLossScale()
+        self.accumulator = GradientAccumulator(self.variables)
+        self.seed = seed
+        self.clip_norm = clip_norm
+        self.micro_step = tf.function(self._micro_step, jit_compile=jit_compile)
+        self.apply_step = tf.function(self._apply_step, jit_compile=jit_compile)
+
+    def _micro_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            outputs = self.loss_fn(batch, seed)
+            scaled_loss = self.loss_scale.scale(outputs["total_loss"])
+        self.accumulator.accumulate(tape.gradient(scaled_loss, self.variables))
+        return outputs
+
+    def _apply_step(self) -> dict[str, tf.Tensor]:
+        gradients = self.loss_scale.unscale(self.accumulator.mean())
+        finite = self.loss_scale.update(gradients)
+        global_norm = apply_gradients_if_finite(self.optimizer, gradients, self.variables, finite, self.clip_norm)
+        self.accumulator.reset()
+        return {"gradient_norm": global_norm, "finite": finite}
+
+    def step(self, iterator: Any, step: int) -> tuple[list[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
+        """One optimizer step: the micro-steps' outputs and the update's gradient norm and finiteness."""
+        outputs = []
+        for k in range(self.accumulation_steps):
+            seed = tf.constant([self.seed, step * self.accumulation_steps + k], tf.int32)
+            outputs.append(self.micro_step(next(iterator), seed))
+        return outputs, self.apply_step()

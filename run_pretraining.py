@@ -180,55 +180,27 @@ class PretrainingMetrics:
         return values
 
 
-class Trainer:
-    """The training step: micro-batch gradients, accumulation, loss scaling, clipping, update."""
+def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel) -> optimization.Trainer:
+    def loss_fn(batch: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+        return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, training=True)
 
-    def __init__(self, model: ElectraPretrainingModel, optimizer: keras.optimizers.Optimizer, args: argparse.Namespace):
-        self.model = model
-        self.optimizer = optimizer
-        self.variables = model.trainable_variables
-        self.accumulation_steps = args.gradient_accumulation_steps
-        self.loss_scale = (optimization.DynamicLossScale() if args.amp and args.amp_dtype == "float16"
-                           else optimization.NoLossScale())
-        self.accumulator = optimization.GradientAccumulator(self.variables)
-        self.seed = args.seed
-        self.micro_step = tf.function(self._micro_step, jit_compile=args.xla)
-        self.apply_step = tf.function(self._apply_step, jit_compile=args.xla)
-
-    def _micro_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        with tf.GradientTape() as tape:
-            outputs = self.model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, training=True)
-            scaled_loss = self.loss_scale.scale(outputs["total_loss"])
-        self.accumulator.accumulate(tape.gradient(scaled_loss, self.variables))
-        return outputs
-
-    def _apply_step(self) -> dict[str, tf.Tensor]:
-        gradients = self.loss_scale.unscale(self.accumulator.mean())
-        finite = self.loss_scale.update(gradients)
-        global_norm = optimization.apply_gradients_if_finite(self.optimizer, gradients, self.variables, finite)
-        self.accumulator.reset()
-        return {"gradient_norm": global_norm, "finite": finite}
-
-    def step(self, iterator: Any, step: int) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
-        """One optimizer step; micro-batch k of step s draws its masks and samples from
-        (seed, s * accumulation + k), so a resumed run repeats exactly."""
-        outputs = []
-        for k in range(self.accumulation_steps):
-            seed = tf.constant([self.seed, step * self.accumulation_steps + k], tf.int32)
-            outputs.append(self.micro_step(next(iterator), seed))
-        return outputs, self.apply_step()
+    return optimization.Trainer(
+        loss_fn, model.trainable_variables, build_optimizer(args, model.trainable_variables),
+        accumulation_steps=args.gradient_accumulation_steps, seed=args.seed, jit_compile=args.xla,
+        loss_scale=optimization.make_loss_scale(args.amp_dtype if args.amp else "float32"))
 
 
 class CheckpointState:
     """Everything a resumed run needs, saved and restored as one `tf.train.Checkpoint`."""
 
-    def __init__(self, trainer: Trainer, iterator: Any, directory: str, keep: int):
+    def __init__(self, model: ElectraPretrainingModel, trainer: optimization.Trainer, iterator: Any,
+                 directory: str, keep: int):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         # Keras keeps the dropout RNG states outside what the model checkpoints; saved here so a
         # resumed run draws the same dropout masks.
-        self.checkpoint = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer,
                                               loss_scale=trainer.loss_scale, step=self.step, iterator=iterator,
-                                              dropout_rng=list(trainer.model.non_trainable_variables))
+                                              dropout_rng=list(model.non_trainable_variables))
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
 
     def save(self) -> str:
@@ -280,22 +252,22 @@ def check_run_config_matches(model: ElectraPretrainingModel, checkpoint: str) ->
                              + "); check --model_size / --model_config / --generator_hidden_size")
 
 
-def restore_or_initialise(args: argparse.Namespace, state: CheckpointState, trainer: Trainer,
+def restore_or_initialise(args: argparse.Namespace, state: CheckpointState, model: ElectraPretrainingModel,
                           checkpoint_dir: str) -> None:
     own_checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
     if args.phase2 and own_checkpoint is None:
         path = checkpoint_path(args.restore_checkpoint, checkpoint_dir)
-        check_run_config_matches(trainer.model, path)
+        check_run_config_matches(model, path)
         state.start_phase2(path)
     elif args.restore_checkpoint:
         path = own_checkpoint if args.phase2 else checkpoint_path(args.restore_checkpoint, checkpoint_dir)
-        check_run_config_matches(trainer.model, path)
+        check_run_config_matches(model, path)
         state.resume(path)
     elif own_checkpoint is not None:
         raise FileExistsError(f"{checkpoint_dir} already holds checkpoints; pass --restore_checkpoint latest "
                               "to resume them or choose another --results_dir")
     elif args.init_checkpoint:
-        load_init_checkpoint(trainer.model, args.init_checkpoint)
+        load_init_checkpoint(model, args.init_checkpoint)
 
 
 def load_init_checkpoint(model: ElectraPretrainingModel, folder: str) -> None:
@@ -355,20 +327,19 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     """Run (or continue) the phase; returns the final step and the last logged metrics."""
     keras.utils.set_random_seed(args.seed)
     model = build_model(args)
-    optimizer = build_optimizer(args, model.trainable_variables)
-    trainer = Trainer(model, optimizer, args)
+    trainer = build_trainer(args, model)
     dataset = pretrain_utils.pretraining_dataset(args.pretrain_tfrecords, args.train_batch_size,
                                                  args.max_seq_length, seed=args.seed,
                                                  shuffle_buffer=args.shuffle_buffer)
     iterator = iter(dataset)
     checkpoint_dir = os.path.join(args.results_dir, "checkpoints")
-    state = CheckpointState(trainer, iterator, checkpoint_dir, args.keep_checkpoint_max)
-    restore_or_initialise(args, state, trainer, checkpoint_dir)
+    state = CheckpointState(model, trainer, iterator, checkpoint_dir, args.keep_checkpoint_max)
+    restore_or_initialise(args, state, model, checkpoint_dir)
     save_run_config(args, model)
     return training_loop(args, trainer, state, iterator)
 
 
-def training_loop(args: argparse.Namespace, trainer: Trainer, state: CheckpointState, iterator: Any) -> dict[str, Any]:
+def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state: CheckpointState, iterator: Any) -> dict[str, Any]:
     start = int(state.step.numpy())
     last = args.num_train_steps if args.steps_this_run is None else min(args.num_train_steps, start + args.steps_this_run)
     metrics, log, stop = PretrainingMetrics(), MetricsLog(args), StopRequest()
