@@ -303,14 +303,17 @@ class ElectraPretrainingModel(keras.Model):
         """Both halves built themselves from their configs."""
 
     def call(self, input_ids: tf.Tensor, input_mask: tf.Tensor, segment_ids: tf.Tensor,
-             seed: tf.Tensor, training: bool = False) -> dict[str, tf.Tensor]:
+             seed: tf.Tensor, first_row: tf.Tensor | int = 0, training: bool = False) -> dict[str, tf.Tensor]:
         """Losses (float32) and the per-token tensors the metrics need, for one batch.
 
-        `seed` is an int32 [2] tensor for the stateless random ops (masking, sampling): the same
-        seed and batch give the same result, eagerly or under XLA.
+        `seed` is an int [2] tensor for the stateless random ops (masking, sampling) and
+        `first_row` the index of this batch's first row in the global batch: each example's
+        masks and samples depend only on (seed, its global row), eagerly or under XLA.
         """
         objective = self.objective
-        masking_seed, sampling_seed = pretrain_utils.split_seed(seed, 2)
+        num_rows = tf.shape(input_ids)[0]
+        masking_seed, sampling_seed = (pretrain_utils.row_seeds(s, first_row, num_rows)
+                                       for s in pretrain_utils.split_seed(seed, 2))
         max_predictions = pretrain_utils.max_predictions_per_seq(objective.mask_prob, input_ids.shape[1])
         masked = pretrain_utils.mask_tokens(input_ids, input_mask, objective.mask_prob, max_predictions,
                                             seed=masking_seed)

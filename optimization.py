@@ -405,16 +405,19 @@ class Trainer:
     """The training step shared by pretraining and fine-tuning.
 
     An optimizer step runs `accumulation_steps` micro-steps, each adding the gradient of the
-    (scaled) `total_loss` returned by `loss_fn(batch, seed)`; then the mean gradient is unscaled,
-    checked for inf/NaN (the loss scale adjusts itself), clipped and applied only when finite.
-    Micro-step k of optimizer step s gets the stateless seed (seed, s * accumulation_steps + k),
-    so a resumed run draws the same random numbers as an uninterrupted one.
+    (scaled) `total_loss` returned by `loss_fn(batch, seed, first_row)`; then the mean gradient
+    is averaged over processes by `reduce_gradients` (once per optimizer step), unscaled, checked
+    for inf/NaN (the loss scale adjusts itself), clipped and applied only when finite.
+    `seed` is (seed, optimizer step) and `first_row` the index of the micro-batch's first example
+    in the step's global batch (micro-batch k of rank r holds rows (k * world_size + r) * b ...),
+    so per-row random choices do not depend on how the global batch is split.
     """
 
-    def __init__(self, loss_fn: Callable[[dict[str, tf.Tensor], tf.Tensor], dict[str, tf.Tensor]],
+    def __init__(self, loss_fn: Callable[[dict[str, tf.Tensor], tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
                  variables: Sequence[Any], optimizer: keras.optimizers.Optimizer, *, accumulation_steps: int = 1,
                  loss_scale: NoLossScale | None = None, seed: int = 0, jit_compile: bool = False,
-                 clip_norm: float = DEFAULT_CLIP_NORM):
+                 clip_norm: float = DEFAULT_CLIP_NORM, rank: int = 0, world_size: int = 1,
+                 reduce_gradients: Callable[[list[tf.Tensor]], list[tf.Tensor]] | None = None):
         self.loss_fn = loss_fn
         self.variables = list(variables)
         self.optimizer = optimizer
@@ -423,18 +426,22 @@ class Trainer:
         self.accumulator = GradientAccumulator(self.variables)
         self.seed = seed
         self.clip_norm = clip_norm
+        self.rank = rank
+        self.world_size = world_size
+        self.reduce_gradients = reduce_gradients
         self.micro_step = tf.function(self._micro_step, jit_compile=jit_compile)
         self.apply_step = tf.function(self._apply_step, jit_compile=jit_compile)
 
-    def _micro_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _micro_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor, slot: tf.Tensor) -> dict[str, tf.Tensor]:
+        first_row = slot * tf.shape(next(iter(batch.values())))[0]
         with tf.GradientTape() as tape:
-            outputs = self.loss_fn(batch, seed)
+            outputs = self.loss_fn(batch, seed, first_row)
             scaled_loss = self.loss_scale.scale(outputs["total_loss"])
         self.accumulator.accumulate(tape.gradient(scaled_loss, self.variables))
         return outputs
 
-    def _apply_step(self) -> dict[str, tf.Tensor]:
-        gradients = self.loss_scale.unscale(self.accumulator.mean())
+    def _apply_step(self, gradients: list[tf.Tensor]) -> dict[str, tf.Tensor]:
+        gradients = self.loss_scale.unscale(gradients)
         finite = self.loss_scale.update(gradients)
         global_norm = apply_gradients_if_finite(self.optimizer, gradients, self.variables, finite, self.clip_norm)
         self.accumulator.reset()
@@ -442,8 +449,11 @@ class Trainer:
 
     def step(self, iterator: Any, step: int) -> tuple[list[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
         """One optimizer step: the micro-steps' outputs and the update's gradient norm and finiteness."""
-        outputs = []
-        for k in range(self.accumulation_steps):
-            seed = tf.constant([self.seed, step * self.accumulation_steps + k], tf.int32)
-            outputs.append(self.micro_step(next(iterator), seed))
-        return outputs, self.apply_step()
+        seed = tf.constant([self.seed, step], tf.int64)
+        outputs = [self.micro_step(next(iterator), seed, tf.constant(k * self.world_size + self.rank))
+                   for k in range(self.accumulation_steps)]
+        gradients = self.accumulator.mean()
+        if self.reduce_gradients is not None:
+            # Outside the (possibly XLA-compiled) steps: collective ops do not compile.
+            gradients = self.reduce_gradients(gradients)
+        return outputs, self.apply_step(gradients)

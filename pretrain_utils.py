@@ -4,8 +4,9 @@ The input pipeline reads the TFRecords of `build_pretraining_dataset.py` (unmask
 into int32 batches. Masking happens per step (SPEC section 3), then the generator's samples
 replace the masked tokens and give the discriminator its labels (SPEC section 4).
 
-The per-step functions take an explicit `seed` tensor of shape [2] (e.g. (global seed, step)),
-use only stateless random ops and static shapes, and run unchanged inside
+The per-step functions take an explicit `seed` tensor, either [2] for the whole batch or [B, 2]
+with one seed per row (`row_seeds`: an example's masks and samples then do not depend on how
+the global batch is split into micro-batches and ranks). They use only stateless random ops, and run unchanged inside
 `tf.function(jit_compile=True)`, giving the same masks and samples compiled or not. That
 takes two precautions (both verified on TF 2.21, CPU): seeds are reduced to the low 32 bits of
 each component, the only bits XLA uses (eager uses all 64, so a negative seed would differ);
@@ -127,18 +128,38 @@ def _assert_feature_length(name: str, values: tf.RaggedTensor, filenames: tf.Ten
 # ----------------------------------------------------------------------------- random numbers
 
 def canonical_seed(seed: tf.Tensor) -> tf.Tensor:
-    """The [2] seed as int64 with each component reduced to its low 32 bits."""
+    """A [2] (or per-row [B, 2]) seed as int64 with each component reduced to its low 32 bits."""
     return tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), tf.constant(0xFFFFFFFF, tf.int64))
 
 
+def row_seeds(seed: tf.Tensor, first_row: tf.Tensor | int, num_rows: int) -> tf.Tensor:
+    """[num_rows, 2] seeds for rows first_row, first_row + 1, ... of a global batch.
+
+    Row i's seed depends only on (seed, i), so an example gets the same masks and samples
+    whether it is processed in one large batch, in accumulated micro-batches or on another
+    rank: row i of `tf.random.split(seed, n)` is the same for every n > i.
+    """
+    return tf.random.split(canonical_seed(seed), first_row + num_rows)[first_row:]
+
+
 def split_seed(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
-    """`num` independent [2] seeds derived from `seed`."""
-    return tf.unstack(tf.random.split(canonical_seed(seed), num))
+    """`num` independent seeds derived from a [2] seed, or from each row of [B, 2] seeds."""
+    seed = canonical_seed(seed)
+    if seed.shape.rank == 1:
+        return tf.unstack(tf.random.split(seed, num))
+    per_row = tf.map_fn(lambda row: tf.random.split(row, num), seed)  # [B, num, 2]
+    return tf.unstack(per_row, axis=1)
 
 
 def random_bits(shape: tf.Tensor | Sequence[int], seed: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """Integer random bits over the full range of `dtype`."""
-    return tf.random.stateless_uniform(shape, canonical_seed(seed), minval=None, maxval=None, dtype=dtype)
+    """Integer random bits over the full range of `dtype`. With per-row seeds [B, 2], row b of
+    the [B, ...] result is drawn from seed b alone."""
+    seed = canonical_seed(seed)
+    if seed.shape.rank == 1:
+        return tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=dtype)
+    row_shape = tf.convert_to_tensor(shape)[1:]
+    return tf.map_fn(lambda row: tf.random.stateless_uniform(row_shape, row, minval=None, maxval=None, dtype=dtype),
+                     seed, fn_output_signature=dtype)
 
 
 def stateless_unit_uniform(shape: tf.Tensor | Sequence[int], seed: tf.Tensor) -> tf.Tensor:

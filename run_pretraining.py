@@ -181,8 +181,8 @@ class PretrainingMetrics:
 
 
 def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel) -> optimization.Trainer:
-    def loss_fn(batch: dict[str, tf.Tensor], seed: tf.Tensor) -> dict[str, tf.Tensor]:
-        return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, training=True)
+    def loss_fn(batch: dict[str, tf.Tensor], seed: tf.Tensor, first_row: tf.Tensor) -> dict[str, tf.Tensor]:
+        return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, first_row, training=True)
 
     return optimization.Trainer(
         loss_fn, model.trainable_variables, build_optimizer(args, model.trainable_variables),

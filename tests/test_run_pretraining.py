@@ -115,7 +115,7 @@ class QuadraticModel(keras.Model):
         self.embedding.build((None, None))
         self.dense.build((None, 4))
 
-    def call(self, input_ids, input_mask, segment_ids, seed, training=False):
+    def call(self, input_ids, input_mask, segment_ids, seed, first_row=0, training=False):
         pooled = tf.reduce_mean(self.embedding(input_ids) * tf.cast(input_mask, tf.float32)[..., None], axis=1)
         return {"total_loss": tf.reduce_mean(tf.square(self.dense(pooled) - 1.0))}
 
@@ -155,12 +155,39 @@ def test_accumulated_gradient_is_the_large_batch_gradient():
     args = trainer_args(3, 4)
     trainer = run_pretraining.build_trainer(args, model)
     for i in range(0, 12, 4):
-        trainer.micro_step({k: v[i:i + 4] for k, v in batch.items()}, tf.constant([0, 0]))
+        trainer.micro_step({k: v[i:i + 4] for k, v in batch.items()}, tf.constant([0, 0], tf.int64),
+                           tf.constant(i // 4))
     with tf.GradientTape() as tape:
         loss = model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], None)["total_loss"]
     expected = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
     for accumulated, large in zip(trainer.accumulator.mean(), expected):
         np.testing.assert_allclose(accumulated, large, rtol=1e-5, atol=1e-7)
+
+
+def test_accumulation_is_exact_for_the_electra_objective(tmp_path):
+    """Masks and samples are drawn per example row, so 2 micro-batches of 4 are 1 batch of 8
+    (dropout off: Keras draws its dropout masks per batch)."""
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({**TINY_CONFIG, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    rng = np.random.default_rng(2)
+    ids = rng.integers(1000, 30000, size=(8, 32)).astype(np.int32)
+    ids[:, 0], ids[:, -1] = 101, 102
+    batch = {"input_ids": ids, "input_mask": np.ones_like(ids), "segment_ids": np.zeros_like(ids)}
+    final_weights = []
+    for accumulation, size in ((2, 4), (1, 8)):
+        args = run_pretraining.parse_args([
+            "--model_config", str(config_file), "--generator_hidden_size", "1.0", "--pretrain_tfrecords", "unused",
+            "--num_warmup_steps", "0", "--num_train_steps", "10", "--learning_rate", "1e-3",
+            "--train_batch_size", str(size), "--gradient_accumulation_steps", str(accumulation)])
+        keras.utils.set_random_seed(0)
+        model = run_pretraining.build_model(args)
+        trainer = run_pretraining.build_trainer(args, model)
+        micro_batches = iter([{k: v[i:i + size] for k, v in batch.items()} for i in range(0, 8, size)] * 2)
+        for step in range(2):
+            trainer.step(micro_batches, step)
+        final_weights.append([v.numpy() for v in model.trainable_variables])
+    for accumulated, large in zip(*final_weights):
+        np.testing.assert_allclose(accumulated, large, atol=1e-5)
 
 
 def test_every_flag_has_help_and_booleans_parse_both_ways():
@@ -184,7 +211,8 @@ def test_resume_after_sigkill_continues_as_if_never_stopped(repo_root, tiny_conf
     process = subprocess.Popen(pretraining_command(tiny_config_file, austen_tfrecords["train"], interrupted, *steps),
                                cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + PROCESS_TIMEOUT
-    while not list((interrupted / "checkpoints").glob("ckpt-*.index")) and time.monotonic() < deadline:
+    # The manager's `checkpoint` file names a save only once it is complete.
+    while not (interrupted / "checkpoints" / "checkpoint").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
