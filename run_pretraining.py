@@ -28,6 +28,7 @@ from tqdm import tqdm  # noqa: E402
 import optimization  # noqa: E402
 import pretrain_utils  # noqa: E402
 from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective  # noqa: E402
+import distributed  # noqa: E402
 from model_folder import assign_tensors, read_tensors  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
 
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False, help="XLA-compile the training step")
     speed.add_argument("--fp16_compression", action=argparse.BooleanOptionalAction, default=False,
                        help="send gradients as float16 in the multi-process all-reduce (no effect on one process)")
+    speed.add_argument("--engine", choices=distributed.ENGINE_NAMES, default="auto",
+                       help="multi-process engine; auto: horovod under horovodrun/mpirun, tf_distribute with "
+                            "TF_CONFIG or a multi-task srun, else one process")
     ckpt = parser.add_argument_group("checkpoints and logs")
     ckpt.add_argument("--results_dir", default="results", help="checkpoints and the run configuration go here")
     ckpt.add_argument("--log_dir", default=None, help="metrics and TensorBoard logs (default: RESULTS_DIR/logs)")
@@ -180,28 +184,40 @@ class PretrainingMetrics:
         return values
 
 
-def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel) -> optimization.Trainer:
+def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel,
+                  engine: distributed.SingleProcess | None = None) -> optimization.Trainer:
+    engine = engine or distributed.SingleProcess()
+
     def loss_fn(batch: dict[str, tf.Tensor], seed: tf.Tensor, first_row: tf.Tensor) -> dict[str, tf.Tensor]:
         return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, first_row, training=True)
 
     return optimization.Trainer(
         loss_fn, model.trainable_variables, build_optimizer(args, model.trainable_variables),
         accumulation_steps=args.gradient_accumulation_steps, seed=args.seed, jit_compile=args.xla,
-        loss_scale=optimization.make_loss_scale(args.amp_dtype if args.amp else "float32"))
+        loss_scale=optimization.make_loss_scale(args.amp_dtype if args.amp else "float32"),
+        rank=engine.rank, world_size=engine.size,
+        reduce_gradients=(lambda g: engine.all_reduce_mean(g, args.fp16_compression)) if engine.size > 1 else None)
 
 
 class CheckpointState:
-    """Everything a resumed run needs, saved and restored as one `tf.train.Checkpoint`."""
+    """Everything a resumed run needs. The chief (rank 0) saves the model, optimizer, loss
+    scale and step with its own input position and dropout RNG state in `checkpoints/ckpt-N`;
+    every other rank saves only its input position and dropout RNG state, in
+    `checkpoints/rank{r}/ckpt-N`."""
 
     def __init__(self, model: ElectraPretrainingModel, trainer: optimization.Trainer, iterator: Any,
-                 directory: str, keep: int):
+                 directory: str, keep: int, rank: int = 0):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.rank = rank
+        shared = dict(model=model, optimizer=trainer.optimizer, loss_scale=trainer.loss_scale, step=self.step)
         # Keras keeps the dropout RNG states outside what the model checkpoints; saved here so a
         # resumed run draws the same dropout masks.
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer,
-                                              loss_scale=trainer.loss_scale, step=self.step, iterator=iterator,
-                                              dropout_rng=list(model.non_trainable_variables))
-        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=keep)
+        local = dict(iterator=iterator, dropout_rng=list(model.non_trainable_variables))
+        self.shared = tf.train.Checkpoint(**shared)
+        self.checkpoint = tf.train.Checkpoint(**shared, **local) if rank == 0 else tf.train.Checkpoint(
+            step=self.step, **local)
+        self.directory = directory if rank == 0 else os.path.join(directory, f"rank{rank}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep)
 
     def save(self) -> str:
         path = self.manager.save(checkpoint_number=int(self.step.numpy()))
@@ -209,15 +225,23 @@ class CheckpointState:
         return path
 
     def resume(self, path: str) -> None:
-        self.checkpoint.restore(path).assert_existing_objects_matched()
+        if self.rank == 0:
+            self.checkpoint.restore(path).assert_existing_objects_matched()
+        else:
+            self.shared.restore(path).expect_partial().assert_existing_objects_matched()
+            own = os.path.join(self.directory, os.path.basename(path))
+            if not tf.io.gfile.exists(own + ".index"):
+                raise FileNotFoundError(f"rank {self.rank} has no input position {own} for checkpoint {path}; "
+                                        "resume with the number of processes that wrote it")
+            self.checkpoint.restore(own).assert_existing_objects_matched()
         logger.info("Resumed from %s at step %d", path, int(self.step.numpy()))
 
     def start_phase2(self, path: str) -> None:
         """Weights, optimizer slots and loss scale of phase 1; step and input position start anew."""
-        phase1 = tf.train.Checkpoint(model=self.checkpoint.model, optimizer=self.checkpoint.optimizer,
-                                     loss_scale=self.checkpoint.loss_scale)
+        phase1 = tf.train.Checkpoint(model=self.shared.model, optimizer=self.shared.optimizer,
+                                     loss_scale=self.shared.loss_scale)
         phase1.restore(path).expect_partial().assert_existing_objects_matched()
-        self.checkpoint.optimizer.iterations.assign(0)
+        self.shared.optimizer.iterations.assign(0)
         self.step.assign(0)
         logger.info("Phase 2 starts from phase-1 checkpoint %s (optimizer step reset)", path)
 
@@ -323,30 +347,38 @@ def save_run_config(args: argparse.Namespace, model: ElectraPretrainingModel) ->
         json.dump(content, f, indent=2, sort_keys=True)
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = None) -> dict[str, Any]:
     """Run (or continue) the phase; returns the final step and the last logged metrics."""
-    keras.utils.set_random_seed(args.seed)
+    engine = engine or distributed.SingleProcess()
+    keras.utils.set_random_seed(args.seed + engine.rank)  # rank 0's initial weights are broadcast
     model = build_model(args)
-    trainer = build_trainer(args, model)
+    trainer = build_trainer(args, model, engine)
     dataset = pretrain_utils.pretraining_dataset(args.pretrain_tfrecords, args.train_batch_size,
-                                                 args.max_seq_length, seed=args.seed,
-                                                 shuffle_buffer=args.shuffle_buffer)
+                                                 args.max_seq_length, seed=args.seed, rank=engine.rank,
+                                                 world_size=engine.size, shuffle_buffer=args.shuffle_buffer)
     iterator = iter(dataset)
     checkpoint_dir = os.path.join(args.results_dir, "checkpoints")
-    state = CheckpointState(model, trainer, iterator, checkpoint_dir, args.keep_checkpoint_max)
+    state = CheckpointState(model, trainer, iterator, checkpoint_dir, args.keep_checkpoint_max, engine.rank)
     restore_or_initialise(args, state, model, checkpoint_dir)
-    save_run_config(args, model)
-    return training_loop(args, trainer, state, iterator)
+    engine.broadcast_from_chief([*model.trainable_variables, *trainer.optimizer.variables,
+                                 *trainer.loss_scale.variables])
+    if engine.is_chief:
+        save_run_config(args, model)
+    return training_loop(args, trainer, state, iterator, engine)
 
 
-def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state: CheckpointState, iterator: Any) -> dict[str, Any]:
+def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state: CheckpointState, iterator: Any,
+                  engine: distributed.SingleProcess) -> dict[str, Any]:
+    """Train to the last step of this run; only the chief logs, every rank saves its own state."""
     start = int(state.step.numpy())
     last = args.num_train_steps if args.steps_this_run is None else min(args.num_train_steps, start + args.steps_this_run)
-    metrics, log, stop = PretrainingMetrics(), MetricsLog(args), StopRequest()
+    metrics, stop = PretrainingMetrics(), StopRequest()
+    log = MetricsLog(args) if engine.is_chief else None
     sequences_per_step = args.train_batch_size * args.gradient_accumulation_steps
     logged: dict[str, float] = {}
     window_start, window_steps, skipped = time.perf_counter(), 0, 0
-    bar = tqdm(total=last, initial=start, desc="pretraining", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=last, initial=start, desc="pretraining", unit="step", dynamic_ncols=True,
+               disable=not engine.is_chief)
     for step in range(start, last):
         outputs, update = trainer.step(iterator, step)
         for micro_outputs in outputs:
@@ -360,24 +392,31 @@ def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state
             logged = {**metrics.result_and_reset(), "learning_rate": float(trainer.optimizer.learning_rate),
                       "gradient_norm": float(update["gradient_norm"]), "loss_scale": float(trainer.loss_scale.value),
                       "skipped_steps": skipped, "sequences_per_second": window_steps * sequences_per_step / elapsed}
-            log.write(step + 1, logged)
+            if log:
+                log.write(step + 1, logged)
             bar.set_postfix(loss=f"{logged['total_loss']:.3f}")
             window_start, window_steps = time.perf_counter(), 0
-        if (step + 1) % args.save_checkpoints_steps == 0 or step + 1 == last or stop.signal_name:
+        stopping = engine.agree(stop.signal_name is not None)  # every rank stops at the same step
+        if (step + 1) % args.save_checkpoints_steps == 0 or step + 1 == last or stopping:
             state.save()
-        if stop.signal_name:
-            logger.warning("%s received: saved a checkpoint at step %d, exiting", stop.signal_name, step + 1)
+        if stopping:
+            logger.warning("%s received: saved a checkpoint at step %d, exiting", stop.signal_name or "stop", step + 1)
             break
     bar.close()
-    log.close()
+    if log:
+        log.close()
     return {"step": int(state.step.numpy()), **logged}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    distributed.prepare_environment(os.environ)
+    engine = distributed.create_engine(args.engine, os.environ)
+    if not engine.is_chief:  # the other ranks report only problems
+        logging.getLogger().setLevel(logging.WARNING)
     try:
-        result = train(args)
+        result = train(args, engine)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         logger.error("%s", error)
         return 1

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# launch_processes NUM COMMAND...: run COMMAND in NUM processes on this machine (one per GPU).
-# Sourced by the launchers. One process runs the command directly.
+# launch_processes NUM COMMAND...: run COMMAND as NUM processes on this machine, one per GPU,
+# with the engine in $ENGINE: horovod (horovodrun over Gloo; the default when Horovod imports)
+# or tf_distribute (NUM processes with a TF_CONFIG each, workers on 127.0.0.1 from port
+# $ELECTRA_BASE_PORT, default 23456). Sourced by the launchers. One process runs the command
+# directly. Every process gets LOCAL_RANK; if one fails, the others are stopped.
 launch_processes() {
   local num_processes=$1
   shift
@@ -8,6 +11,37 @@ launch_processes() {
     "$@"
     return
   fi
-  echo "error: $num_processes processes need the multi-process engine, which is not available yet" >&2
-  return 2
+  local engine=${ENGINE:-}
+  if [[ -z "$engine" ]]; then
+    if python -c 'import horovod.tensorflow' >/dev/null 2>&1; then engine=horovod; else engine=tf_distribute; fi
+  fi
+  case "$engine" in
+    horovod) horovodrun --gloo -np "$num_processes" -H "localhost:$num_processes" "$@" ;;
+    tf_distribute) _launch_tf_distribute "$num_processes" "$@" ;;
+    *) echo "error: unknown ENGINE '$engine' (horovod or tf_distribute)" >&2; return 2 ;;
+  esac
+}
+
+_launch_tf_distribute() {
+  local num_processes=$1
+  shift
+  local port=${ELECTRA_BASE_PORT:-23456} workers="" pids=() status=0 i
+  for ((i = 0; i < num_processes; i++)); do
+    workers+="${workers:+,}\"127.0.0.1:$((port + i))\""
+  done
+  for ((i = 0; i < num_processes; i++)); do
+    TF_CONFIG="{\"cluster\": {\"worker\": [$workers]}, \"task\": {\"type\": \"worker\", \"index\": $i}}" \
+      LOCAL_RANK=$i "$@" &
+    pids+=($!)
+  done
+  trap 'kill "${pids[@]}" 2>/dev/null' INT TERM
+  for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then
+      status=1
+      echo "error: process $i failed; stopping the others" >&2
+      kill "${pids[@]}" 2>/dev/null || true
+    fi
+  done
+  trap - INT TERM
+  return $status
 }
