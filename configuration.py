@@ -101,11 +101,14 @@ class ElectraConfig:
                 return fraction
         return 0.25
 
-    def to_dict(self, architectures: list[str] | None = None) -> dict[str, Any]:
-        """Hugging Face `config.json` content."""
+    def to_dict(self, architectures: list[str] | None = None,
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Hugging Face `config.json` content; `extra` adds keys a task head needs (transformers
+        keeps unknown keys as config attributes, `from_dict` ignores them)."""
         content: dict[str, Any] = {"model_type": "electra"}
         if architectures:
             content["architectures"] = list(architectures)
+        content.update(extra or {})
         content.update(dataclasses.asdict(self))
         return content
 
@@ -125,9 +128,10 @@ class ElectraConfig:
         except ConfigError as error:
             raise ConfigError(f"{source}: {error}") from None
 
-    def save_json(self, path: str, architectures: list[str] | None = None) -> None:
+    def save_json(self, path: str, architectures: list[str] | None = None,
+                  extra: dict[str, Any] | None = None) -> None:
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(architectures), f, indent=2, sort_keys=True)
+            json.dump(self.to_dict(architectures, extra), f, indent=2, sort_keys=True)
             f.write("\n")
 
     @classmethod

@@ -4,15 +4,19 @@ Parameter names are transformers' (SPEC section 8), so a discriminator trained h
 transformers and a released ELECTRA opens here. Linear weights are stored [out, in], the
 transpose of a Keras kernel. Encoder names are handled in one canonical form,
 `electra.<name>`; a bare encoder (transformers' `ElectraModel`) stores them without the prefix.
+QA models add their head: the plain head under transformers' `qa_outputs` names, the joint head
+under `qa_head.` (XLNet's pooler names), with `joint_head`, `version_2_with_negative` and
+`beam_size` as extra `config.json` keys.
 """
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import keras
 import numpy as np
@@ -20,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from configuration import ElectraConfig
-from modeling import ElectraDiscriminator, ElectraGenerator, ElectraLayer, ElectraModel
+from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraGenerator, ElectraLayer,
+                      ElectraModel, JointQAHead)
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,10 @@ IGNORED_BUFFERS = ("electra.embeddings.position_ids",)
 RELEASED_MODEL_NAME = re.compile(r"^google/electra-(small|base|large)-(discriminator|generator)$")
 ARCHITECTURES = {ElectraModel: "ElectraModel", ElectraDiscriminator: "ElectraForPreTraining",
                  ElectraGenerator: "ElectraForMaskedLM"}
+# The plain QA head is transformers' ElectraForQuestionAnswering; the joint head has no
+# transformers class, so its folders name one that says so.
+QA_ARCHITECTURES = {False: "ElectraForQuestionAnswering", True: "ElectraForQuestionAnsweringJointHead"}
+QA_HEAD_SETTINGS = ("joint_head", "version_2_with_negative", "beam_size")
 
 
 class ModelFolderError(ValueError):
@@ -64,6 +73,18 @@ def _dense(prefix: str, layer: keras.layers.Dense) -> dict[str, HFParameter]:
 
 def _layer_norm(prefix: str, layer: keras.layers.LayerNormalization) -> dict[str, HFParameter]:
     return {f"{prefix}.weight": HFParameter(layer.gamma), f"{prefix}.bias": HFParameter(layer.beta)}
+
+
+def _joint_qa_head(prefix: str, head: JointQAHead) -> dict[str, HFParameter]:
+    """XLNet's SQuAD head names (transformers' PoolerStartLogits/EndLogits/AnswerClass) under `prefix`."""
+    params = {**_dense(f"{prefix}.start_logits.dense", head.start_dense),
+              **_dense(f"{prefix}.end_logits.dense_0", head.end_dense_0),
+              **_layer_norm(f"{prefix}.end_logits.LayerNorm", head.end_layer_norm),
+              **_dense(f"{prefix}.end_logits.dense_1", head.end_dense_1)}
+    if head.version_2:
+        params.update(_dense(f"{prefix}.answer_class.dense_0", head.answer_dense_0))
+        params[f"{prefix}.answer_class.dense_1.weight"] = HFParameter(head.answer_dense_1.kernel, transpose=True)
+    return params
 
 
 def _encoder_layer(prefix: str, layer: ElectraLayer) -> dict[str, HFParameter]:
@@ -109,6 +130,9 @@ def hf_parameters(model: keras.Model) -> dict[str, HFParameter]:
         params.update(_dense("generator_predictions.dense", head.dense))
         params.update(_layer_norm("generator_predictions.LayerNorm", head.layer_norm))
         params["generator_lm_head.bias"] = HFParameter(head.output_bias)
+    elif isinstance(model, ElectraForQuestionAnswering):
+        params.update(_joint_qa_head("qa_head", model.qa_head) if model.joint_head
+                      else _dense("qa_outputs", model.qa_outputs))
     else:
         raise TypeError(f"no Hugging Face names are defined for {type(model).__name__}")
     return params
@@ -169,6 +193,19 @@ def _cached_snapshot(repo_dir: str) -> str | None:
 
 def read_config(folder: str) -> ElectraConfig:
     return ElectraConfig.from_json_file(os.path.join(folder, CONFIG_FILE))
+
+
+def read_qa_head_settings(folder: str) -> dict[str, Any] | None:
+    """The QA head a fine-tuned folder holds (`joint_head`, `version_2_with_negative`,
+    `beam_size` from its config.json), or None for a folder without one."""
+    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
+        content = json.load(f)
+    if "joint_head" not in content:
+        return None
+    settings = {key: content[key] for key in QA_HEAD_SETTINGS if key in content}
+    if not isinstance(settings["joint_head"], bool) or not isinstance(settings.get("beam_size", 1), int):
+        raise ModelFolderError(f"{folder}/{CONFIG_FILE}: joint_head must be true/false and beam_size an integer")
+    return settings
 
 
 def read_tensors(folder: str) -> dict[str, np.ndarray]:
@@ -241,9 +278,11 @@ def _check_tied_generator_weight(model: keras.Model, tensors: dict[str, np.ndarr
                                "embeddings; only generators with tied output weights are supported")
 
 
-def load_model_folder(name_or_path: str, model_class: type = ElectraDiscriminator,
+def load_model_folder(name_or_path: str, model_class: Callable[..., keras.Model] = ElectraDiscriminator,
                       dtype: str | None = None, cache_dir: str | None = None) -> tuple[keras.Model, LoadReport]:
-    """Build `model_class` from a folder's config and load its weights."""
+    """Build `model_class(config, dtype=dtype)` from a folder's config and load its weights;
+    `model_class` may carry other arguments, e.g. `functools.partial(ElectraForQuestionAnswering,
+    joint_head=False)`."""
     folder = resolve_model_folder(name_or_path, cache_dir)
     config = read_config(folder)
     tensors = read_tensors(folder)
@@ -265,11 +304,14 @@ def save_model_folder(model: keras.Model, folder: str) -> None:
         value = np.asarray(param.variable.numpy(), dtype=np.float32)
         key = name[len(ENCODER_PREFIX):] if bare_encoder and name.startswith(ENCODER_PREFIX) else name
         tensors[key] = np.ascontiguousarray(value.T if param.transpose else value)
-    architecture = ARCHITECTURES[type(model)]
+    if isinstance(model, ElectraForQuestionAnswering):
+        architecture, extra = QA_ARCHITECTURES[model.joint_head], model.head_settings()
+    else:
+        architecture, extra = ARCHITECTURES[type(model)], None
     weights_tmp = os.path.join(folder, WEIGHTS_FILE + ".tmp")
     config_tmp = os.path.join(folder, CONFIG_FILE + ".tmp")
     save_file(tensors, weights_tmp, metadata={"format": "pt"})
-    model.config.save_json(config_tmp, architectures=[architecture])
+    model.config.save_json(config_tmp, architectures=[architecture], extra=extra)
     os.replace(weights_tmp, os.path.join(folder, WEIGHTS_FILE))
     os.replace(config_tmp, os.path.join(folder, CONFIG_FILE))
 

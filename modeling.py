@@ -3,7 +3,8 @@
 Models build their weights from the config at construction (each `build` builds its children
 explicitly), so a model can be restored from a checkpoint or a model folder before it has seen
 data, and variable paths are stable: `electra/embeddings/...`, `electra/embeddings_project/...`,
-`electra/layer_{i}/...`, `<model>/discriminator_predictions/...`, `<model>/generator_predictions/...`.
+`electra/layer_{i}/...`, `<model>/discriminator_predictions/...`, `<model>/generator_predictions/...`,
+`<model>/qa_head/...` or `<model>/qa_outputs/...`.
 Layers accept a Keras dtype policy (`float32`, `mixed_float16`, `mixed_bfloat16`): weights stay
 float32, compute follows the policy, attention softmax and model outputs are float32.
 """
@@ -161,6 +162,10 @@ class ElectraModel(keras.Model):
             if config.embedding_size != config.hidden_size else None)
         self.encoder_layers = [ElectraLayer(config, name=f"layer_{i}", dtype=policy)
                                for i in range(config.num_hidden_layers)]
+        # Keras tracks the list, but tf.train.Checkpoint does not see Keras lists: without these
+        # names a checkpoint of the model alone would silently leave out every encoder layer.
+        for i, layer in enumerate(self.encoder_layers):
+            self._track_trackable(layer, name=f"layer_{i}")
         self.build(None)
 
     def build(self, input_shape: Any = None) -> None:
@@ -356,3 +361,188 @@ def replaced_token_loss(logits: tf.Tensor, labels: tf.Tensor, input_mask: tf.Ten
     mask = tf.cast(input_mask, tf.float32)
     per_token = tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(labels, tf.float32), logits=logits)
     return tf.reduce_sum(per_token * mask) / tf.maximum(tf.reduce_sum(mask), 1e-6)
+
+
+# ============================================================================= question answering
+
+P_MASK_LOGIT = -1e30  # the logit of a position p_mask rules out (float32, after the head)
+
+
+def apply_p_mask(logits: tf.Tensor, p_mask: tf.Tensor | None) -> tf.Tensor:
+    """float32 logits with the positions where p_mask is 1 (no answer can be there) set to a
+    large negative, so softmax gives them no probability and top-k never picks them."""
+    logits = tf.cast(logits, tf.float32)
+    if p_mask is None:
+        return logits
+    p_mask = tf.cast(p_mask, tf.bool)
+    while p_mask.shape.rank < logits.shape.rank:
+        p_mask = p_mask[..., tf.newaxis]
+    return tf.where(p_mask, tf.constant(P_MASK_LOGIT, tf.float32), logits)
+
+
+class JointQAHead(keras.layers.Layer):
+    """The XLNet-style head of Google ELECTRA and NVIDIA's recipe (SPEC section 7).
+
+    start logits = dense(1)(h_t); end logits given a start s = dense(1)(LayerNorm(tanh(
+    dense(hidden)(concat[h_t, h_s])))); for SQuAD 2.0 an answer classifier
+    dense(1, no bias)(tanh(dense(hidden)(concat[start state, h_[CLS]]))) whose logit means
+    "unanswerable" (its start state: see `no_answer_logits`). The concat dense is applied as two
+    matmuls (token half, start half), so the k start candidates of beam search cost k additions
+    instead of k full matmuls.
+    """
+
+    def __init__(self, config: ElectraConfig, version_2: bool, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.config = config
+        self.version_2 = version_2
+        policy = self.dtype_policy
+        self.start_dense = dense(1, config, "start_dense", policy)
+        self.end_dense_0 = dense(config.hidden_size, config, "end_dense_0", policy)
+        self.end_layer_norm = layer_norm(config, "end_layer_norm", policy)
+        self.end_dense_1 = dense(1, config, "end_dense_1", policy)
+        if version_2:
+            self.answer_dense_0 = dense(config.hidden_size, config, "answer_dense_0", policy)
+            self.answer_dense_1 = keras.layers.Dense(1, use_bias=False, kernel_initializer=weight_initializer(config),
+                                                     name="answer_dense_1", dtype=policy)
+
+    def build(self, input_shape: Any = None) -> None:
+        hidden = self.config.hidden_size
+        self.start_dense.build((None, None, hidden))
+        self.end_dense_0.build((None, None, 2 * hidden))
+        self.end_layer_norm.build((None, None, hidden))
+        self.end_dense_1.build((None, None, hidden))
+        if self.version_2:
+            self.answer_dense_0.build((None, 2 * hidden))
+            self.answer_dense_1.build((None, hidden))
+
+    def start_logits(self, hidden: tf.Tensor, p_mask: tf.Tensor | None) -> tf.Tensor:
+        """[batch, seq] float32."""
+        return apply_p_mask(tf.squeeze(self.start_dense(hidden), -1), p_mask)
+
+    def end_logits(self, hidden: tf.Tensor, start_states: tf.Tensor, p_mask: tf.Tensor | None) -> tf.Tensor:
+        """End logits for each of k start candidates: hidden [batch, seq, H], start_states
+        [batch, k, H] -> float32 [batch, seq, k]."""
+        size = self.config.hidden_size
+        kernel = tf.cast(self.end_dense_0.kernel, hidden.dtype)
+        token_part = tf.matmul(hidden, kernel[:size]) + tf.cast(self.end_dense_0.bias, hidden.dtype)
+        start_part = tf.matmul(start_states, kernel[size:])
+        joint = tf.tanh(token_part[:, :, tf.newaxis, :] + start_part[:, tf.newaxis, :, :])
+        logits = tf.squeeze(self.end_dense_1(self.end_layer_norm(joint)), -1)
+        return apply_p_mask(logits, p_mask)
+
+    def answer_logits(self, start_state: tf.Tensor, cls_state: tf.Tensor) -> tf.Tensor:
+        """[batch] float32 logit of "unanswerable" from [batch, H] start and [CLS] states."""
+        joint = tf.tanh(self.answer_dense_0(tf.concat([start_state, cls_state], axis=-1)))
+        return tf.cast(tf.squeeze(self.answer_dense_1(joint), -1), tf.float32)
+
+    def no_answer_logits(self, hidden: tf.Tensor, start_logits: tf.Tensor) -> tf.Tensor:
+        """The answer classifier's [batch] logit of "unanswerable". Its start state is the average
+        of the hidden states weighted by the start distribution, in training as in inference
+        (XLNet, Google ELECTRA). NVIDIA trains it on the gold start's state instead, which leaks
+        the label: the gold start of an unanswerable window is [CLS] itself, so the classifier
+        learns "start state == [CLS] state" and is useless at inference, where no gold start exists.
+        """
+        start_probs = tf.cast(tf.nn.softmax(start_logits), hidden.dtype)
+        return self.answer_logits(tf.einsum("bsh,bs->bh", hidden, start_probs), hidden[:, 0])
+
+    def training_logits(self, hidden: tf.Tensor, p_mask: tf.Tensor | None,
+                        start_positions: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Logits with the end conditioned on the GOLD start."""
+        start_states = tf.gather(hidden, tf.cast(start_positions, tf.int32)[:, tf.newaxis], batch_dims=1)
+        logits = {"start_logits": self.start_logits(hidden, p_mask),
+                  "end_logits": self.end_logits(hidden, start_states, p_mask)[:, :, 0]}
+        if self.version_2:
+            logits["cls_logits"] = self.no_answer_logits(hidden, logits["start_logits"])
+        return logits
+
+    def beam_search(self, hidden: tf.Tensor, p_mask: tf.Tensor | None, beam_size: int) -> dict[str, tf.Tensor]:
+        """The top `beam_size` starts by log-probability and, for each, the top `beam_size` ends
+        with the end conditioned on that start: the `squad_utils.JointHeadOutputs` fields, with
+        one null score per window for SQuAD 2.0 (`cls_logits`)."""
+        start_logits = self.start_logits(hidden, p_mask)
+        start_top_log_probs, start_top_index = tf.math.top_k(tf.nn.log_softmax(start_logits), k=beam_size)
+        start_states = tf.gather(hidden, start_top_index, batch_dims=1)
+        end_log_probs = tf.nn.log_softmax(self.end_logits(hidden, start_states, p_mask), axis=1)
+        end_top_log_probs, end_top_index = tf.math.top_k(tf.transpose(end_log_probs, [0, 2, 1]), k=beam_size)
+        outputs = {"start_top_log_probs": start_top_log_probs, "start_top_index": start_top_index,
+                   "end_top_log_probs": end_top_log_probs, "end_top_index": end_top_index}
+        if self.version_2:
+            outputs["cls_logits"] = self.no_answer_logits(hidden, start_logits)
+        return outputs
+
+
+class ElectraForQuestionAnswering(keras.Model):
+    """ELECTRA encoder + a SQuAD head: the joint beam-search head (`joint_head=True`,
+    `JointQAHead`) or the plain dense(2) start/end head (transformers' ElectraForQuestionAnswering,
+    `qa_outputs`). `version_2` adds the joint head's answer classifier; `beam_size` is its k.
+
+    Calling the model is inference: the plain head returns `start_logits`/`end_logits`
+    [batch, seq]; the joint head returns the `squad_utils.JointHeadOutputs` fields.
+    `training_losses` is the fine-tuning objective.
+    """
+
+    # Hugging Face names a discriminator folder lacks: reported as newly initialised on load.
+    HF_NEW_HEAD_PREFIXES = ("qa_outputs.", "qa_head.")
+
+    def __init__(self, config: ElectraConfig, joint_head: bool = True, version_2: bool = False,
+                 beam_size: int = 5, name: str = "electra_for_question_answering", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be at least 1, got {beam_size}")
+        self.config = config
+        self.joint_head = joint_head
+        self.version_2 = version_2
+        self.beam_size = beam_size
+        self.electra = ElectraModel(config, name="electra", dtype=self.dtype_policy)
+        self.qa_head = JointQAHead(config, version_2, name="qa_head", dtype=self.dtype_policy) if joint_head else None
+        self.qa_outputs = None if joint_head else dense(2, config, "qa_outputs", self.dtype_policy)
+        self.build(None)
+
+    def build(self, input_shape: Any = None) -> None:
+        if self.joint_head:
+            self.qa_head.build(None)
+        else:
+            self.qa_outputs.build((None, None, self.config.hidden_size))
+
+    def head_settings(self) -> dict[str, Any]:
+        """What besides the ElectraConfig it takes to rebuild this model."""
+        return {"joint_head": self.joint_head, "version_2_with_negative": self.version_2,
+                "beam_size": self.beam_size}
+
+    def plain_logits(self, hidden: tf.Tensor, p_mask: tf.Tensor | None) -> dict[str, tf.Tensor]:
+        logits = self.qa_outputs(hidden)
+        return {"start_logits": apply_p_mask(logits[..., 0], p_mask),
+                "end_logits": apply_p_mask(logits[..., 1], p_mask)}
+
+    def call(self, input_ids: tf.Tensor, attention_mask: tf.Tensor | None = None,
+             token_type_ids: tf.Tensor | None = None, p_mask: tf.Tensor | None = None,
+             training: bool = False) -> dict[str, tf.Tensor]:
+        """Inference outputs (float32 scores, int32 indices); `p_mask` 1 = never an answer."""
+        hidden = self.electra(input_ids, attention_mask, token_type_ids, training=training)["last_hidden_state"]
+        if self.joint_head:
+            return self.qa_head.beam_search(hidden, p_mask, self.beam_size)
+        return self.plain_logits(hidden, p_mask)
+
+    def training_losses(self, batch: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
+        """float32 losses of a batch of `squad_utils.SquadFeatures` fields: (CE(start) +
+        CE(end)) / 2, plus 0.5 x BCE("unanswerable") for the joint head on SQuAD 2.0."""
+        hidden = self.electra(batch["input_ids"], batch["input_mask"], batch["segment_ids"],
+                              training=training)["last_hidden_state"]
+        if self.joint_head:
+            logits = self.qa_head.training_logits(hidden, batch["p_mask"], batch["start_position"])
+        else:
+            logits = self.plain_logits(hidden, batch["p_mask"])
+        start_loss = span_position_loss(logits["start_logits"], batch["start_position"])
+        end_loss = span_position_loss(logits["end_logits"], batch["end_position"])
+        losses = {"start_loss": start_loss, "end_loss": end_loss, "total_loss": (start_loss + end_loss) / 2.0}
+        if "cls_logits" in logits:
+            losses["answer_class_loss"] = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
+                labels=tf.cast(batch["is_impossible"], tf.float32), logits=logits["cls_logits"]))
+            losses["total_loss"] += 0.5 * losses["answer_class_loss"]
+        return losses
+
+
+def span_position_loss(logits: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
+    """Mean cross-entropy of the gold positions under softmax over the sequence (float32)."""
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(positions, tf.int32), logits=tf.cast(logits, tf.float32)))

@@ -786,6 +786,18 @@ def decode_plain_head(examples: Sequence[SquadExample], features: SquadFeatures,
     return _decode(examples, features, _PlainHead(outputs, config.n_best_size), config)
 
 
+def decode_head_outputs(examples: Sequence[SquadExample], features: SquadFeatures,
+                        outputs: Mapping[str, np.ndarray], config: DecodeConfig) -> Predictions:
+    """Answers from a model's output arrays, by their names: the `JointHeadOutputs` fields
+    (`start_top_index`, ...) for the joint head, `start_logits`/`end_logits` for the plain one."""
+    if "start_top_index" in outputs:
+        fields = {f.name for f in dataclasses.fields(JointHeadOutputs)}
+        return decode_joint_head(examples, features,
+                                 JointHeadOutputs(**{k: v for k, v in outputs.items() if k in fields}), config)
+    return decode_plain_head(examples, features, PlainHeadOutputs(outputs["start_logits"], outputs["end_logits"]),
+                             config)
+
+
 def _decode(examples: Sequence[SquadExample], features: SquadFeatures, head: _Head,
             config: DecodeConfig) -> Predictions:
     if len(head) != len(features):

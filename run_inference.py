@@ -1,0 +1,111 @@
+"""Answer one question about one context with a fine-tuned ELECTRA QA model folder.
+
+The model is loaded once and run once, eagerly, on every doc-stride window of the context;
+the answer is cut out of the context as written and printed with its score. With SQuAD 2.0
+models the answer is empty when the null odds exceed --null_score_diff_threshold (the
+comparison NVIDIA's run_inference.py makes the wrong way round). Head settings left unset are
+read from the folder's config.json.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import squad_utils  # noqa: E402
+from model_folder import read_qa_head_settings  # noqa: E402
+from run_tf_squad import (check_head_is_trained, check_vocab_fits, decode_config, load_qa_model,  # noqa: E402
+                          model_source, vocab_file_for)
+from tokenization import WordPieceTokenizer  # noqa: E402
+
+logger = logging.getLogger("run_inference")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--init_checkpoint", required=True,
+                        help="fine-tuned QA model folder (run_tf_squad.py's OUTPUT_DIR/model)")
+    parser.add_argument("--electra_model", default="base",
+                        help="architecture (a size or a model folder) when --init_checkpoint has no config.json")
+    parser.add_argument("--question", required=True, help="the question")
+    parser.add_argument("--context", required=True, help="the text that holds the answer")
+    parser.add_argument("--joint_head", action=argparse.BooleanOptionalAction, default=None,
+                        help="joint beam-search head or plain head (default: as the folder was trained)")
+    parser.add_argument("--beam_size", type=int, default=None, help="joint head beam (default: the folder's)")
+    parser.add_argument("--version_2_with_negative", action=argparse.BooleanOptionalAction, default=None,
+                        help="allow 'no answer' (default: as the folder was trained)")
+    parser.add_argument("--null_score_diff_threshold", type=float, default=-5.6,
+                        help="no answer when the null odds exceed this (SQuAD 2.0 models)")
+    parser.add_argument("--n_best_size", type=int, default=20, help="candidate answers considered")
+    parser.add_argument("--max_answer_length", type=int, default=30, help="longest answer in tokens")
+    parser.add_argument("--max_seq_length", type=int, default=384, help="WordPiece tokens per window")
+    parser.add_argument("--doc_stride", type=int, default=128, help="tokens between the starts of consecutive windows")
+    parser.add_argument("--max_query_length", type=int, default=64, help="questions are cut to this many tokens")
+    parser.add_argument("--vocab_file", default=None,
+                        help="WordPiece vocab.txt (default: the model folder's, else the repository's)")
+    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
+                        help="lower-case and strip accents (uncased models)")
+    return parser
+
+
+def resolve_head_settings(args: argparse.Namespace, folder: str) -> None:
+    """Fill the head flags left unset from the folder's config.json (SPEC defaults without one)."""
+    saved = read_qa_head_settings(folder) or {}
+    defaults = {"joint_head": True, "version_2_with_negative": False, "beam_size": 5}
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, saved.get(name, default))
+
+
+def answer(args: argparse.Namespace) -> dict[str, Any]:
+    """The best answer: {"text", "score", "probability"} and, for SQuAD 2.0, "null_odds"."""
+    if not args.context.strip():
+        raise ValueError("the context is empty: there is nothing to take an answer from")
+    if not args.question.strip():
+        raise ValueError("the question is empty")
+    config, folder = model_source(args)
+    if folder is None:
+        raise ValueError(f"{args.init_checkpoint} is not a model folder")
+    resolve_head_settings(args, folder)
+    model, report = load_qa_model(config, folder, args.joint_head, args.version_2_with_negative, args.beam_size)
+    check_head_is_trained(folder, report, args.joint_head)
+    tokenizer = WordPieceTokenizer(vocab_file_for(args, folder), do_lower_case=args.do_lower_case)
+    check_vocab_fits(tokenizer, config)
+    example = squad_utils.SquadExample(qas_id="question", question=args.question, context=args.context, answers=())
+    feature_config = squad_utils.FeatureConfig(min(args.max_seq_length, config.max_position_embeddings),
+                                               args.doc_stride, args.max_query_length)
+    features, _ = squad_utils.featurize_examples([example], tokenizer, feature_config, is_training=False)
+    if len(features) == 0:
+        raise ValueError("the context holds no WordPiece token (e.g. only control characters)")
+    outputs = model(features.input_ids, features.input_mask, features.segment_ids, p_mask=features.p_mask)
+    predictions = squad_utils.decode_head_outputs([example], features, {k: v.numpy() for k, v in outputs.items()},
+                                                  decode_config(args))
+    best = predictions.nbest["question"][0] if predictions.nbest["question"] else {"score": float("-inf"),
+                                                                                   "probability": 0.0}
+    result = {"text": predictions.answers["question"], "score": best["score"], "probability": best["probability"]}
+    if args.version_2_with_negative:
+        result["null_odds"] = predictions.null_odds["question"]
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        result = answer(args)
+    except (FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 1
+    print(f"answer: {result['text'] if result['text'] else '(no answer)'}")
+    print(f"score: {result['score']:.4f} (probability {result['probability']:.4f})")
+    if "null_odds" in result:
+        print(f"null odds: {result['null_odds']:.4f} (threshold {args.null_score_diff_threshold})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
