@@ -20,6 +20,7 @@
 #   N_TRAINING_SHARDS  training shards / TFRecord files (default 2048; 16 for your own corpus)
 #   N_TEST_SHARDS      test shards / TFRecord files (default 2048; 4 for your own corpus)
 #   N_PROCESSES        worker processes (default: number of CPUs)
+#   SEQ_LENGTHS        TFRecord sequence lengths to build (default "128 512"; "128" for phase 1 only)
 #   DOCUMENT_BOUNDARY  own corpus: auto (default), blank_line, chapter or file
 #   BOOKSCORPUS_URL    BookCorpus .tar.gz to download for wiki_books
 #   BOOKSCORPUS_DIR    folder of BookCorpus .txt files to use instead of downloading
@@ -74,7 +75,7 @@ fi
 data_prep --action sharding --dataset "$dataset"
 
 # TFRecords for phase 1 and phase 2.
-for seq_len in 128 512; do
+for seq_len in ${SEQ_LENGTHS:-128 512}; do
   data_prep --action create_tfrecord_files --dataset "$dataset" --max_seq_length "$seq_len" \
     --do_lower_case 1
 done

@@ -4,7 +4,7 @@
 #   --test    also install requirements-test.txt (pytest, PyTorch, transformers)
 # Environment: PYTHON (interpreter to build the venv with, default python3),
 #              ELECTRA_VENV (venv folder, default <repo>/.venv).
-# Installs only when a requirements file changed since the last install (hash stamp).
+# Installs a requirements file only when it changed since its last install (hash stamps).
 set -euo pipefail
 
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,15 +28,20 @@ if [[ ! -x "$venv_dir/bin/python" ]]; then
   "$python_bin" -m venv "$venv_dir"
 fi
 
-stamp="$venv_dir/.requirements.sha256"
-wanted="$(cat "${requirements[@]}" | sha256sum | cut -d' ' -f1)"
-if [[ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]]; then
-  echo "Installing ${requirements[*]##*/} into $venv_dir"
+# One stamp per requirements file, so the quick start (requirements.txt) and the tests
+# (requirements.txt + requirements-test.txt) do not reinstall each other's environment.
+changed=()
+for r in "${requirements[@]}"; do
+  stamp="$venv_dir/.installed-$(basename "$r").sha256"
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$(sha256sum < "$r")" ]]; then changed+=("$r"); fi
+done
+if (( ${#changed[@]} )); then
+  echo "Installing ${requirements[*]##*/} into $venv_dir (changed: ${changed[*]##*/})"
   "$venv_dir/bin/python" -m pip install --quiet --upgrade pip
   args=()
-  for r in "${requirements[@]}"; do args+=(-r "$r"); done
+  for r in "${requirements[@]}"; do args+=(-r "$r"); done  # together, so pip keeps every pin
   "$venv_dir/bin/python" -m pip install --quiet "${args[@]}"
-  echo "$wanted" > "$stamp"
+  for r in "${requirements[@]}"; do sha256sum < "$r" > "$venv_dir/.installed-$(basename "$r").sha256"; done
 fi
 export PATH="$venv_dir/bin:$PATH"
 export VIRTUAL_ENV="$venv_dir"

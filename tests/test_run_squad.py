@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 import keras
 import numpy as np
@@ -33,9 +32,11 @@ from test_modeling import load_in_transformers, padded_batch
 from test_run_pretraining import TINY_CONFIG as PRETRAINING_CONFIG
 from test_run_pretraining import pretraining_command
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+import cloze_squad  # noqa: E402
+
 TINY = ElectraConfig(vocab_size=30522, embedding_size=64, hidden_size=64, num_hidden_layers=2,
                      num_attention_heads=2, intermediate_size=256, max_position_embeddings=128)
-TRAIN_NOVELS = ("emma", "mansfieldpark", "northangerabbey", "prideprejudice", "sensesensibility")
 HELD_OUT_NOVEL = "persuasion"
 FEATURE_FLAGS = ["--max_seq_length", "96", "--doc_stride", "48", "--max_query_length", "24"]
 # From scratch, so no layer-wise decay and a high learning rate; 150 steps of 32 windows.
@@ -43,80 +44,16 @@ TRAIN_FLAGS = ["--train_batch_size", "32", "--learning_rate", "3e-3", "--layerwi
                "--max_steps", "150", "--log_freq", "10", "--predict_batch_size", "128"]
 PROCESS_TIMEOUT = 600
 
-# ----------------------------------------------------------------------------- cloze questions from Austen
-
-NAME_SPAN = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*")  # capitalised words inside a sentence
-SENTENCE = re.compile(r"[^.!?]+[.!?]+")
-PASSAGE_CHARS = 320
-WORDS_AROUND_BLANK = 5
-
-
-def passages(novel: Path) -> Iterator[str]:
-    """Whole sentences of one paragraph at a time, up to PASSAGE_CHARS characters, spaces collapsed."""
-    for block in re.split(r"\n\s*\n", novel.read_text(encoding="utf-8")):
-        passage = ""
-        for sentence in SENTENCE.findall(" ".join(block.split())):
-            sentence = sentence.strip()
-            if passage and len(passage) + 1 + len(sentence) > PASSAGE_CHARS:
-                yield passage
-                passage = ""
-            passage = f"{passage} {sentence}".strip()
-        if passage:
-            yield passage
-
-
-def cloze_questions(passage: str) -> list[tuple[str, str, int]]:
-    """(question, answer, answer_start) for each name in the passage: the question is the words
-    around the name with the name blanked ("had passed since _ died ."), the answer the name."""
-    questions = []
-    for sentence in SENTENCE.finditer(passage):
-        for name in NAME_SPAN.finditer(sentence.group(0)):
-            start = sentence.start() + name.start()
-            before = passage[sentence.start():start].split()[-WORDS_AROUND_BLANK:]
-            after = passage[start + len(name.group(0)):sentence.end()].split()[:WORDS_AROUND_BLANK]
-            if before and after:
-                questions.append((" ".join([*before, "_", *after]), name.group(0), start))
-    return questions
-
-
-def squad_document(novels: list[Path], seed: int, version_2: bool, num_questions: int) -> dict:
-    """One cloze question on each of `num_questions` passages naming at least two people (so the
-    first name is not always the answer); for SQuAD 2.0 each question is also asked about a
-    passage that names no one, where it has no answer."""
-    rng = np.random.default_rng(seed)
-    named, nameless = [], []
-    for novel in novels:
-        for passage in passages(novel):
-            questions = cloze_questions(passage)
-            if len(passage) > PASSAGE_CHARS:
-                continue
-            if questions and len(set(NAME_SPAN.findall(passage))) >= 2:
-                named.append((passage, questions))
-            elif not NAME_SPAN.search(passage) and len(passage) > PASSAGE_CHARS // 2:
-                nameless.append(passage)
-    paragraphs = []
-    for i, index in enumerate(rng.permutation(len(named))[:num_questions]):
-        passage, questions = named[index]
-        question, answer, start = questions[rng.integers(len(questions))]
-        paragraphs.append({"context": passage, "qas": [
-            {"id": f"q{i}", "question": question, "answers": [{"text": answer, "answer_start": int(start)}]}]})
-        if version_2:
-            paragraphs.append({"context": nameless[rng.integers(len(nameless))], "qas": [
-                {"id": f"q{i}-none", "question": question, "answers": [], "is_impossible": True}]})
-    return {"version": "2.0" if version_2 else "1.1", "data": [{"title": "Austen", "paragraphs": paragraphs}]}
-
 
 @pytest.fixture(scope="module")
 def squad_dirs(tmp_path_factory: pytest.TempPathFactory, sample_corpus_dir: Path) -> dict[str, Path]:
-    """{"1.1": folder, "2.0": folder}, each with train-vX.json (five novels) and dev-vX.json (Persuasion)."""
+    """{"1.1": folder, "2.0": folder}, each with train-vX.json (2500 cloze questions from five
+    novels) and dev-vX.json (400 from Persuasion), made by data/cloze_squad.py's defaults."""
     dirs = {}
-    for version, version_2 in (("1.1", False), ("2.0", True)):
-        folder = tmp_path_factory.mktemp(f"squad_v{version}")
-        train = squad_document([sample_corpus_dir / f"{n}.txt" for n in TRAIN_NOVELS], 0, version_2, 2500)
-        dev = squad_document([sample_corpus_dir / f"{HELD_OUT_NOVEL}.txt"], 1, version_2, 400)
-        (folder / f"train-v{version}.json").write_text(json.dumps(train))
-        (folder / f"dev-v{version}.json").write_text(json.dumps(dev))
-        dirs[version] = folder
+    for version in ("1.1", "2.0"):
+        dirs[version] = tmp_path_factory.mktemp(f"squad_v{version}")
+        assert cloze_squad.main(["--corpus-dir", str(sample_corpus_dir), "--output-dir", str(dirs[version]),
+                                 "--version", version]) == 0
     return dirs
 
 

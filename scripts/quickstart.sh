@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# The whole recipe on the shipped sample corpus (five Austen novels; Persuasion held out), in
+# about 10 minutes on 2 CPU cores:
+#
+#   env          virtual environment with the requirements (scripts/setup_env.sh)
+#   data         TFRecords at sequence length 128 (data/create_datasets_from_start.sh)
+#   squad_data   cloze questions in SQuAD v1.1 format (data/cloze_squad.py): train on the five
+#                novels, dev on Persuasion
+#   pretrain     ELECTRA phase 1 (scripts/run_pretraining.sh): ELECTRA-small's width with 4 of
+#                its 12 layers (scripts/configs/quickstart_model.json), a bounded number of steps
+#   postprocess  discriminator/ and generator/ model folders (postprocess_pretrained_ckpt.py)
+#   finetune     SQuAD fine-tuning and evaluation, EM/F1 (scripts/run_squad.sh)
+#   inference    one dev question answered by run_inference.py
+#
+# Usage: bash scripts/quickstart.sh [--results DIR] [--stage NAME]... [--reduced]
+#   --results DIR   the results folder (default: results/quickstart)
+#   --stage NAME    run only this stage (repeatable), from scratch even if it finished; the
+#                   stages before it must have finished, the later ones will be redone
+#   --reduced       a few steps and questions only (what CI runs): checks the pipeline, not quality
+# A re-run skips every finished stage (RESULTS/.done-<stage>) and resumes an interrupted
+# pretraining or fine-tuning from its last checkpoint. Uses the GPU when there is one (float16
+# and XLA), else bfloat16 where the CPU has bfloat16 instructions, else float32.
+# Environment: PRETRAIN_STEPS, FINETUNE_EPOCHS, NUM_TRAIN_QUESTIONS, NUM_DEV_QUESTIONS override
+# the sizes of either mode.
+set -euo pipefail
+repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+all_stages=(data squad_data pretrain postprocess finetune inference)
+
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+results_dir="$repo_dir/results/quickstart"
+stages=()
+reduced=false
+while (( $# )); do
+  case "$1" in
+    --results) results_dir=$2; shift 2 ;;
+    --stage)
+      if [[ " ${all_stages[*]} " != *" $2 "* ]]; then
+        echo "error: unknown stage '$2' (one of: ${all_stages[*]})" >&2; exit 2
+      fi
+      stages+=("$2"); shift 2 ;;
+    --reduced) reduced=true; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$results_dir"
+results_dir="$(cd "$results_dir" && pwd)"
+
+if [[ "$reduced" == true ]]; then
+  pretrain_steps=${PRETRAIN_STEPS:-12} log_freq=3 train_questions=${NUM_TRAIN_QUESTIONS:-320}
+  dev_questions=${NUM_DEV_QUESTIONS:-40} finetune_epochs=${FINETUNE_EPOCHS:-1} batch_size=16
+else
+  pretrain_steps=${PRETRAIN_STEPS:-150} log_freq=10 train_questions=${NUM_TRAIN_QUESTIONS:-2500}
+  dev_questions=${NUM_DEV_QUESTIONS:-400} finetune_epochs=${FINETUNE_EPOCHS:-2} batch_size=32
+fi
+model_config="$repo_dir/scripts/configs/quickstart_model.json"
+novels=(emma mansfieldpark northangerabbey prideprejudice sensesensibility)
+tfrecords="$results_dir/data/tfrecord_lower_case_1_seq_len_128_random_seed_12345/custom"
+pretraining_dir="$results_dir/pretraining"
+model_dir="$results_dir/postprocessed"
+squad_dir="$results_dir/squad"
+squad_flags=(--max_seq_length 128 --doc_stride 64 --max_query_length 32)
+
+log() { echo "[quickstart $(date +%H:%M:%S)] $*"; }
+
+# ----------------------------------------------------------------------------- stages
+
+stage_data() {
+  mkdir -p "$results_dir/corpus"
+  for novel in "${novels[@]}"; do cp "$repo_dir/data/sample_corpus/austen/$novel.txt" "$results_dir/corpus/"; done
+  DATA_DIR="$results_dir/data" SEQ_LENGTHS=128 PYTHON=python \
+    bash "$repo_dir/data/create_datasets_from_start.sh" "$results_dir/corpus"
+}
+
+stage_squad_data() {
+  python "$repo_dir/data/cloze_squad.py" --output-dir "$results_dir/squad_data" --version 1.1 \
+    --num-train-questions "$train_questions" --num-dev-questions "$dev_questions"
+}
+
+stage_pretrain() {
+  local resume=false
+  if compgen -G "$pretraining_dir/phase1/checkpoints/ckpt-*.index" >/dev/null; then resume=true; fi
+  # run_pretraining.sh's positional arguments: phase 1 only (PHASES=1), no accumulation.
+  PHASES=1 EXTRA_ARGS="--model_config $model_config --log_freq $log_freq --keep_checkpoint_max 2" \
+    bash "$repo_dir/scripts/run_pretraining.sh" \
+    "$batch_size" 2e-3 "$pretrain_precision" 1 "$xla" $(( pretrain_steps / 10 + 1 )) "$pretrain_steps" 50 \
+    "$resume" lamb false 1 12345 quickstart 8 1e-3 10 10 1 small \
+    "$tfrecords/train/pretrain_data*" "$tfrecords/train/pretrain_data*" "$pretraining_dir" None
+}
+
+stage_postprocess() {
+  python "$repo_dir/postprocess_pretrained_ckpt.py" --pretrained_checkpoint "$pretraining_dir/phase1/checkpoints" \
+    --output_dir "$model_dir" --vocab_file "$repo_dir/vocab/vocab.txt"
+}
+
+stage_finetune() {
+  # run_squad.sh's positional arguments; the model folder is the starting point (init "None").
+  local xla_flag=false
+  if [[ "$xla" == xla ]]; then xla_flag=true; fi
+  bash "$repo_dir/scripts/run_squad.sh" "$model_dir/discriminator" "$finetune_epochs" "$batch_size" 64 1e-3 \
+    "$finetune_precision" 1 1 1.1 "$results_dir/squad_data" "$squad_dir" None train_eval interactive \
+    "$results_dir/squad_data" -1 "$repo_dir/vocab/vocab.txt" "$xla_flag" \
+    "${squad_flags[@]}" --layerwise_lr_decay 0.9 --warmup_proportion 0.1 --log_freq "$log_freq"
+}
+
+first_dev_question() {  # field: question | context | answer, of the dev set's first question
+  python - "$results_dir/squad_data/dev-v1.1.json" "$1" <<'EOF'
+import json, sys
+paragraph = json.load(open(sys.argv[1], encoding="utf-8"))["data"][0]["paragraphs"][0]
+qa = paragraph["qas"][0]
+print({"question": qa["question"], "context": paragraph["context"], "answer": qa["answers"][0]["text"]}[sys.argv[2]])
+EOF
+}
+
+stage_inference() {
+  python "$repo_dir/run_inference.py" --init_checkpoint "$squad_dir/model" --question "$(first_dev_question question)" \
+    --context "$(first_dev_question context)" "${squad_flags[@]}" | tee "$results_dir/inference.txt"
+}
+
+# ----------------------------------------------------------------------------- driver
+
+choose_precision() {
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    pretrain_precision=amp finetune_precision=amp xla=xla
+  elif grep -qE 'avx512_bf16|amx_bf16' /proc/cpuinfo 2>/dev/null; then
+    pretrain_precision=bf16 finetune_precision=fp32 xla=no_xla
+  else
+    pretrain_precision=fp32 finetune_precision=fp32 xla=no_xla
+  fi
+}
+
+stage_outputs() {  # what a stage writes, removed when it is redone from scratch
+  case "$1" in
+    data) echo "$results_dir/corpus $results_dir/data" ;;
+    squad_data) echo "$results_dir/squad_data" ;;
+    pretrain) echo "$pretraining_dir" ;;
+    postprocess) echo "$model_dir" ;;
+    finetune) echo "$squad_dir" ;;
+    inference) echo "$results_dir/inference.txt" ;;
+  esac
+}
+
+redo_from_scratch() {  # this stage's outputs go, and every later stage is marked not done
+  local stage=$1 later=false name
+  for name in "${all_stages[@]}"; do
+    if [[ "$name" == "$stage" ]]; then later=true; fi
+    if [[ "$later" == true ]]; then rm -f "$results_dir/.done-$name"; fi
+  done
+  # shellcheck disable=SC2046
+  rm -rf $(stage_outputs "$stage")
+}
+
+run_stage() {
+  local stage=$1 began
+  log "stage $stage: starting"
+  began=$(date +%s)
+  "stage_$stage" 2>&1 | tee -a "$results_dir/$stage.log"
+  touch "$results_dir/.done-$stage"
+  log "stage $stage: done in $(( $(date +%s) - began )) s (log: $results_dir/$stage.log)"
+}
+
+check_earlier_stages_done() {
+  local stage=$1 earlier
+  for earlier in "${all_stages[@]}"; do
+    [[ "$earlier" == "$stage" ]] && return
+    if [[ ! -e "$results_dir/.done-$earlier" && " ${stages[*]} " != *" $earlier "* ]]; then
+      echo "error: stage '$stage' needs stage '$earlier' first (run: bash scripts/quickstart.sh --results $results_dir)" >&2
+      exit 1
+    fi
+  done
+}
+
+print_results() {
+  python - "$results_dir" <<'EOF'
+import json, sys
+from pathlib import Path
+results = Path(sys.argv[1])
+pretraining = [json.loads(l) for l in (results / "pretraining/phase1/logs/metrics.jsonl").read_text().splitlines()]
+pretraining = [m for m in pretraining if "generator_loss" in m]
+evaluation = json.loads((results / "squad/eval_results.json").read_text())
+print(f"Pretraining, step {pretraining[0]['step']} -> {pretraining[-1]['step']}: generator loss "
+      f"{pretraining[0]['generator_loss']:.2f} -> {pretraining[-1]['generator_loss']:.2f}, discriminator loss "
+      f"{pretraining[0]['discriminator_loss']:.3f} -> {pretraining[-1]['discriminator_loss']:.3f}")
+print(f"SQuAD-format cloze dev set (Persuasion): EM {evaluation['exact_match']:.1f}, F1 {evaluation['f1']:.1f}")
+print("One question:", (results / "inference.txt").read_text().strip().replace("\n", " | "))
+EOF
+  echo "  question: $(first_dev_question question)"
+  echo "  context:  $(first_dev_question context)"
+  echo "  expected: $(first_dev_question answer)"
+}
+
+log "results folder: $results_dir"
+source "$repo_dir/scripts/setup_env.sh"
+choose_precision
+log "precision: pretraining $pretrain_precision, fine-tuning $finetune_precision, $xla"
+if (( ${#stages[@]} )); then
+  for stage in "${stages[@]}"; do
+    check_earlier_stages_done "$stage"
+    redo_from_scratch "$stage"
+    run_stage "$stage"
+  done
+else
+  for stage in "${all_stages[@]}"; do
+    if [[ -e "$results_dir/.done-$stage" ]]; then log "stage $stage: already done, skipped"; else run_stage "$stage"; fi
+  done
+fi
+if [[ -e "$results_dir/.done-inference" ]]; then print_results; fi
+log "everything is in $results_dir"

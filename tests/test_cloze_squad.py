@@ -1,0 +1,44 @@
+"""data/cloze_squad.py: the sample question set the quick start and the SQuAD tests train on."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+import cloze_squad  # noqa: E402
+import squad_utils  # noqa: E402
+
+PASSAGE = "It was a fine day. She said that Anne Elliot had gone to Bath with Lady Russell."
+
+
+def test_each_name_inside_a_sentence_becomes_a_cloze_question_on_its_span():
+    starts = [PASSAGE.index(name) for name in ("Anne Elliot", "Bath", "Lady Russell")]
+    # "She" opens its sentence: not taken as a name.
+    assert cloze_squad.cloze_questions(PASSAGE) == [
+        ("She said that _ had gone to Bath with", "Anne Elliot", starts[0]),
+        ("Anne Elliot had gone to _ with Lady Russell.", "Bath", starts[1]),
+        ("had gone to Bath with _ .", "Lady Russell", starts[2]),
+    ]
+
+
+def test_written_sets_are_valid_squad_and_v2_adds_an_unanswerable_twin(sample_corpus_dir: Path, tmp_path: Path):
+    assert cloze_squad.main(["--corpus-dir", str(sample_corpus_dir), "--output-dir", str(tmp_path),
+                             "--version", "2.0", "--num-train-questions", "40", "--num-dev-questions", "10"]) == 0
+    train = squad_utils.read_squad_file(tmp_path / "train-v2.0.json")
+    dev = squad_utils.read_squad_file(tmp_path / "dev-v2.0.json")
+    assert len(train.examples) == 80 and len(dev.examples) == 20
+    for example in train.examples + dev.examples:
+        assert example.is_impossible == example.qas_id.endswith("-none")
+        for answer in example.answers:
+            assert example.context[answer.start:answer.start + len(answer.text)] == answer.text
+    held_out = set(cloze_squad.passages(sample_corpus_dir / "persuasion.txt"))
+    assert {e.context for e in dev.examples} <= held_out  # dev from the held-out book, train from the others
+    assert not {e.context for e in train.examples} & held_out
+    assert json.loads((tmp_path / "dev-v2.0.json").read_text())["version"] == "2.0"
+
+
+def test_a_missing_book_is_named(sample_corpus_dir: Path, tmp_path: Path, caplog):
+    assert cloze_squad.main(["--corpus-dir", str(sample_corpus_dir), "--output-dir", str(tmp_path),
+                             "--dev-books", "persuasion,middlemarch"]) == 1
+    assert "middlemarch.txt" in caplog.text
