@@ -2,19 +2,33 @@
 
 The Rust tokenizer gives the same ids as BERT's reference Python tokenizer, about 20x faster,
 and character offsets into the original text, which SQuAD needs to cut answers out of the
-context instead of gluing WordPieces back together.
+context instead of gluing WordPieces back together. Batches of pure-ASCII texts (nearly all of
+an English corpus) take a faster path with the same ids: see `WordPieceTokenizer.encode_batch_ids`.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import chain
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import numpy as np
 from tokenizers import Tokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+if TYPE_CHECKING:
+    import numpy as np
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Entries of each of the ASCII path's two caches (chunks and words): about 30 MB each at most.
+CACHE_SIZE = 1 << 17
+
+# BERT's text cleaning drops the control characters other than tab, newline and carriage return;
+# these are the ASCII ones.
+_ASCII_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# BERT's pre-tokenizer on cleaned ASCII text: whitespace separates, runs of letters and digits are
+# words, and every other printable character is punctuation, a word of its own.
+_ASCII_WORDS = re.compile(r"[A-Za-z0-9]+|[!-/:-@\[-`{-~]")
 
 
 @dataclass(frozen=True)
@@ -53,7 +67,8 @@ class WordPieceTokenizer:
     """BERT WordPiece tokenizer: basic cleaning, optional lower-casing and accent stripping,
     CJK characters as words, punctuation splitting, greedy longest-match WordPiece."""
 
-    def __init__(self, vocab_file: str, do_lower_case: bool = True):
+    def __init__(self, vocab_file: str, do_lower_case: bool = True,
+                 cache_size: int = CACHE_SIZE):
         self.vocab_file = vocab_file
         self.do_lower_case = do_lower_case
         self.vocab = load_vocab(vocab_file)
@@ -61,10 +76,19 @@ class WordPieceTokenizer:
         self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
             self.vocab[t] for t in SPECIAL_TOKENS)
         self._tokenizer = self._build(self.vocab, do_lower_case)
+        model = self._tokenizer.model
+        self._word_ids = _BoundedCache(
+            lambda word: tuple(token.id for token in model.tokenize(word)), cache_size)
+        self._chunk_ids = _BoundedCache(self._split_chunk, cache_size)
 
     @property
     def vocab_size(self) -> int:
         return max(self.vocab.values()) + 1
+
+    @property
+    def cache_lengths(self) -> tuple[int, int]:
+        """Chunks and words the ASCII path holds the ids of (each at most cache_size)."""
+        return len(self._chunk_ids), len(self._word_ids)
 
     @staticmethod
     def _build(vocab: dict[str, int], do_lower_case: bool) -> Tokenizer:
@@ -93,14 +117,47 @@ class WordPieceTokenizer:
         return _to_encoding(self._tokenizer.encode(text, pair, add_special_tokens=add_special_tokens))
 
     def encode_batch_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """WordPiece ids of many texts without special tokens, tokenized in parallel threads."""
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        """WordPiece ids of many texts without special tokens, the same as `encode` gives.
+
+        The Rust pipeline costs about 3 us per token. On ASCII text BERT's normalisation and
+        pre-tokenization reduce to `str.lower`, a regex and `str.split`, and chunks between
+        spaces repeat, so ASCII texts are split here and each chunk's ids come from a cache,
+        about 10x faster. Other texts go to the Rust pipeline (parallel threads)."""
+        ids: list[list[int]] = [[] for _ in texts]
+        others: list[int] = []
+        for index, text in enumerate(texts):
+            if text.isascii():
+                ids[index] = self._encode_ascii(text)
+            else:
+                others.append(index)
+        encodings = self._tokenizer.encode_batch([texts[i] for i in others],
+                                                 add_special_tokens=False)
+        for index, encoding in zip(others, encodings, strict=True):
+            ids[index] = encoding.ids
+        return ids
+
+    def _encode_ascii(self, text: str) -> list[int]:
+        """Once control characters are gone, `str.split` splits ASCII on the whitespace BERT's
+        pre-tokenizer splits on (the other characters Python counts as ASCII whitespace are
+        control characters, which BERT drops)."""
+        if self.do_lower_case:
+            text = text.lower()
+        chunks = _ASCII_CONTROLS.sub("", text).split()
+        return list(chain.from_iterable(map(self._chunk_ids.__getitem__, chunks)))
+
+    def _split_chunk(self, chunk: str) -> tuple[int, ...]:
+        """Ids of a whitespace-free ASCII chunk ("well-known," gives 4 words): caching chunks
+        spares the regex on all but their first occurrence."""
+        words = _ASCII_WORDS.findall(chunk)
+        return tuple(chain.from_iterable(map(self._word_ids.__getitem__, words)))
 
     def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
                      max_length: int = 512) -> dict[str, np.ndarray]:
         """Model inputs for a batch: `input_ids`, `attention_mask`, `token_type_ids`, int32
         arrays of shape [batch, longest], truncated to `max_length` as BERT does: a pair loses
         one word piece at a time from its longer text, from the second text on ties."""
+        import numpy as np  # imported here: the data builder's processes never need its 0.15 s
+
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
         num_special = 2 if pairs is None else 3
@@ -130,6 +187,26 @@ class WordPieceTokenizer:
             batch["attention_mask"][row, :length] = 1
             batch["token_type_ids"][row, :length] = encoding.type_ids
         return batch
+
+
+class _BoundedCache(dict):
+    """A dict that fills a missing key with `compute(key)` and is emptied when full, which
+    bounds memory on any corpus (the frequent keys come back at once). The word cache computes
+    with the Rust WordPiece model itself, so its ids are the model's, [UNK] and the
+    100-character limit included."""
+
+    def __init__(self, compute: Callable[[str], tuple[int, ...]], max_size: int):
+        if max_size < 1:
+            raise ValueError(f"a cache needs room for at least 1 entry, got {max_size}")
+        super().__init__()
+        self._compute = compute
+        self._max_size = max_size
+
+    def __missing__(self, key: str) -> tuple[int, ...]:
+        if len(self) >= self._max_size:
+            self.clear()
+        value = self[key] = self._compute(key)
+        return value
 
 
 def _longest_first_lengths(first: int, second: int, budget: int) -> tuple[int, int]:

@@ -5,6 +5,7 @@
 # sample repeated 10 times. Prints numbers, asserts nothing; see scripts/benchmark_data.py for
 # how the corpus is sentence-split and how CPU time and memory are measured.
 # Usage: bash scripts/benchmark_data.sh [--work-dir DIR] [--num-out-files N] [--large-copies K]
+#                                        [--repeats R]
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # --test: the pure-Python tokenizer comes from transformers, a test requirement.

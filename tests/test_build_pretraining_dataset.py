@@ -30,13 +30,6 @@ NUM_OUT_FILES = 3
 CLS, SEP = 101, 102  # their ids in the uncased BERT vocab
 
 
-@pytest.fixture(autouse=True)
-def _keep_tensorflow_defaults(monkeypatch):
-    """main() sets TF_ENABLE_ONEDNN_OPTS=0 unless it is set; pin the current value so this
-    module's in-process runs do not change how TensorFlow starts for other test modules."""
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1"))
-
-
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
@@ -444,6 +437,55 @@ def test_pure_python_tokenizer_gives_the_same_files(tmp_path):
     assert build(tmp_path / "corpus", tmp_path / "rust") == 0
     assert build(tmp_path / "corpus", tmp_path / "python", "--tokenizer-backend", "python") == 0
     assert output_bytes(tmp_path / "rust") == output_bytes(tmp_path / "python")
+
+
+def tensorflow_examples(examples: list[bpd.PretrainingExample]) -> list[bytes]:
+    """The examples as TensorFlow serializes them (deterministic, as the program must)."""
+    import tensorflow as tf
+
+    serialized = []
+    for example in examples:
+        proto = tf.train.Example()
+        for name, values in zip(bpd.FEATURE_NAMES, example):
+            proto.features.feature[name].int64_list.value[:] = values
+        serialized.append(proto.SerializeToString(deterministic=True))
+    return serialized
+
+
+def test_records_are_byte_identical_to_tensorflows_and_readable(tmp_path):
+    import tensorflow as tf
+
+    rng = random.Random(0)
+    examples = [bpd.PretrainingExample([rng.randrange(200_000) for _ in range(n)],
+                                       [rng.randrange(2) for _ in range(n)], [0] * n)
+                for n in (5, 128, 512)]
+    # Varint boundaries (1 to 6 bytes) and a record longer than 2**14 bytes.
+    edges = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**35, 2**62]
+    examples += [bpd.PretrainingExample(edges, [1] * len(edges), edges[::-1]),
+                 bpd.PretrainingExample([2**28] * 4096, [1] * 4096, [1] * 4096)]
+    (tmp_path / "tf").mkdir()
+    (tmp_path / "ours").mkdir()
+    name = bpd.output_name(0, 1)
+    with tf.io.TFRecordWriter(str(tmp_path / "tf" / name)) as writer:
+        for record in tensorflow_examples(examples):
+            writer.write(record)
+    with bpd.RoundRobinTFRecordWriter([tmp_path / "ours" / name]) as writer:
+        for example in examples:
+            writer.write(example)
+    assert (tmp_path / "ours" / name).read_bytes() == (tmp_path / "tf" / name).read_bytes()
+    assert read_examples(tmp_path / "ours") == [tuple(map(tuple, e)) for e in examples]
+
+
+def test_the_program_does_not_import_tensorflow(tmp_path):
+    """Its import costs each process seconds, more than tokenizing the sample corpus."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("One sentence.\nAnother one.\n", encoding="utf-8")
+    code = ("import sys, build_pretraining_dataset as bpd; "
+            f"assert bpd.main({build_flags(tmp_path / 'corpus', tmp_path / 'out')!r}) == 0; "
+            "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
 
 
 # ---------------------------------------------------------------------------------------------

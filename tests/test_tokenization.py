@@ -19,6 +19,8 @@ Known differences from the reference, and how the tests handle them:
 """
 from __future__ import annotations
 
+import random
+import string
 import unicodedata
 from pathlib import Path
 
@@ -211,6 +213,82 @@ def test_batch_ids_match_reference_on_a_whole_austen_novel(
     assert not mismatches, (f"{len(mismatches)} lines differ, "
                             f"first: {persuasion_lines[mismatches[0]]!r}")
     assert sum(map(len, got)) > 100_000
+
+
+# 2b. The ASCII path of encode_batch_ids against the Rust pipeline ----------------------------
+
+# Lines that stress what the ASCII path re-implements (cleaning, lower-casing, splitting) and
+# what it hands over (non-ASCII lines, in order, between ASCII ones).
+ADVERSARIAL_LINES = [
+    "ctrl\x00A\x01B\x07C\x0bD\x0cE\x1bF\x1cG\x1fH\x7fI end", "\x00", "\x7f\x01", "a\x00b c\x1fd",
+    "tab\there\rcarriage\nnewline  two  spaces ", "\t", "   ", "", "",
+    "!!!...???---,,,;;''\"\"``~~^^", "a--b...c!?d", "(a)[b]{c}<d>|e\\f/g@h#i$j%k&l*m+n=o_p",
+    "a" * 100, "b" * 101, "c" * 100 + "!" + "d" * 101, "Q" * 250, "x" * 99 + "\x00" + "y",
+    "xqzptlwvq zyzzogeton qwxzv", "##ing ## #", "[MASK] [UNK] [CLS] [SEP] [PAD] [mask]",
+    "3.14159 1,000,000 42nd 2024-01-01 10:30pm $5.99 50% 007 0x1F 1e-9",
+    "MiXeD CaSe WoRdS: iPhone McDONALD'S O'Neill e.g. U.S.A. NASA ELECTRA",
+    "Café naïve résumé", "plain ASCII between", "Ångström ÀÉÎÕÜ", "東京 CJK 日本語", "x\u200by",
+    "nbsp\u00a0here", "nel\x85here", "ascii again", "end\ufffd",
+]
+
+
+def random_lines(rng: random.Random, count: int) -> list[str]:
+    """Random lines over all of ASCII (controls and punctuation included, letters and spaces
+    favoured), one in ten with a non-ASCII character."""
+    alphabet = [chr(c) for c in range(128)] + list(string.ascii_letters) * 3 + [" "] * 40
+    lines = ["".join(rng.choices(alphabet, k=rng.randint(0, 80))) for _ in range(count)]
+    return [line + "é" if index % 10 == 0 else line for index, line in enumerate(lines)]
+
+
+def rust_ids(tokenizer: WordPieceTokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids from the Rust pipeline alone, which `encode_batch_ids` bypasses for ASCII texts."""
+    return [e.ids for e in tokenizer._tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def assert_same_ids(got: list[list[int]], expected: list[list[int]], texts: list[str]) -> None:
+    assert len(got) == len(expected) == len(texts)
+    mismatches = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    assert not mismatches, (f"{len(mismatches)} lines differ, first: {texts[mismatches[0]]!r}: "
+                            f"{got[mismatches[0]]} != {expected[mismatches[0]]}")
+
+
+@pytest.fixture(scope="module")
+def austen_lines(sample_corpus_dir: Path) -> list[str]:
+    return [line for path in sorted(sample_corpus_dir.glob("*.txt"))
+            for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.mark.parametrize("lower_case", [True, False], ids=["uncased", "cased"])
+def test_batch_ids_equal_rust_pipeline_on_the_whole_austen_corpus(
+        lower_case: bool, austen_lines: list[str], ours: WordPieceTokenizer,
+        ours_cased: WordPieceTokenizer) -> None:
+    tokenizer = ours if lower_case else ours_cased
+    assert len(austen_lines) > 70_000 and any(not line.isascii() for line in austen_lines)
+    got = [ids for start in range(0, len(austen_lines), 1024)
+           for ids in tokenizer.encode_batch_ids(austen_lines[start:start + 1024])]
+    assert_same_ids(got, rust_ids(tokenizer, austen_lines), austen_lines)
+    assert sum(map(len, got)) > 900_000
+
+
+@pytest.mark.parametrize("lower_case", [True, False], ids=["uncased", "cased"])
+def test_batch_ids_equal_rust_pipeline_on_adversarial_and_random_text(
+        lower_case: bool, ours: WordPieceTokenizer, ours_cased: WordPieceTokenizer) -> None:
+    tokenizer = ours if lower_case else ours_cased
+    texts = ADVERSARIAL_LINES + random_lines(random.Random(0), 3000)
+    got = tokenizer.encode_batch_ids(texts)
+    assert_same_ids(got, rust_ids(tokenizer, texts), texts)
+    assert [tokenizer.encode_batch_ids([text])[0] for text in texts] == got
+    assert tokenizer.unk_id in got[ADVERSARIAL_LINES.index("b" * 101)]
+
+
+def test_caches_stay_within_their_bound(vocab_file: Path, persuasion_lines: list[str],
+                                        ours: WordPieceTokenizer) -> None:
+    small = WordPieceTokenizer(str(vocab_file), cache_size=50)
+    assert small.encode_batch_ids(persuasion_lines) == ours.encode_batch_ids(persuasion_lines)
+    assert all(0 < length <= 50 for length in small.cache_lengths)
+    assert min(ours.cache_lengths) > 50, "the corpus must overflow a cache of 50"
+    with pytest.raises(ValueError, match="at least 1 entry"):
+        WordPieceTokenizer(str(vocab_file), cache_size=0)
 
 
 # 3. Offsets ---------------------------------------------------------------------------------
