@@ -23,7 +23,8 @@ import tensorflow as tf  # noqa: E402
 from configuration import ElectraConfig, PretrainingObjective  # noqa: E402
 from model_folder import save_model_folder  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
-from run_pretraining import RUN_CONFIG_FILE, checkpoint_path  # noqa: E402
+from run_pretraining import checkpoint_path  # noqa: E402
+from run_utils import RUN_CONFIG_FILE  # noqa: E402
 
 logger = logging.getLogger("postprocess_pretrained_ckpt")
 

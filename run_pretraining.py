@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any, Sequence
@@ -25,16 +24,16 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import distributed  # noqa: E402
 import optimization  # noqa: E402
 import pretrain_utils  # noqa: E402
+import run_utils  # noqa: E402
 from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective  # noqa: E402
-import distributed  # noqa: E402
 from model_folder import assign_tensors, read_tensors  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
+from run_utils import RUN_CONFIG_FILE, MetricsLog, compute_policy  # noqa: E402
 
 logger = logging.getLogger("run_pretraining")
-RUN_CONFIG_FILE = "run_config.json"
-METRICS_FILE = "metrics.jsonl"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,17 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--skip_adaptive", action=argparse.BooleanOptionalAction, default=False,
                        help="LAMB: exclude LayerNorm weights and biases from the trust ratio too")
     optim.add_argument("--seed", type=int, default=12345, help="seed of every random choice")
-    speed = parser.add_argument_group("precision and speed")
-    speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                       help="mixed precision (fp32 master weights, --amp_dtype compute)")
-    speed.add_argument("--amp_dtype", choices=("float16", "bfloat16"), default="float16",
-                       help="compute dtype with --amp; float16 uses dynamic loss scaling")
-    speed.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False, help="XLA-compile the training step")
-    speed.add_argument("--fp16_compression", action=argparse.BooleanOptionalAction, default=False,
-                       help="send gradients as float16 in the multi-process all-reduce (no effect on one process)")
-    speed.add_argument("--engine", choices=distributed.ENGINE_NAMES, default="auto",
-                       help="multi-process engine; auto: horovod under horovodrun/mpirun, tf_distribute with "
-                            "TF_CONFIG or a multi-task srun, else one process")
+    speed = parser.add_argument_group("precision, speed and processes")
+    run_utils.add_precision_flags(speed, xla_help="XLA-compile the training step")
+    run_utils.add_engine_flags(speed)
     ckpt = parser.add_argument_group("checkpoints and logs")
     ckpt.add_argument("--results_dir", default="results", help="checkpoints and the run configuration go here")
     ckpt.add_argument("--log_dir", default=None, help="metrics and TensorBoard logs (default: RESULTS_DIR/logs)")
@@ -105,27 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    validate_args(parser, args)
-    return args
+    return run_utils.parse_checked(build_parser(), validate_args, argv)
 
 
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.num_warmup_steps >= args.num_train_steps:
         parser.error("--num_warmup_steps must be below --num_train_steps")
-    for name in ("train_batch_size", "gradient_accumulation_steps", "log_freq", "save_checkpoints_steps",
-                 "max_seq_length", "keep_checkpoint_max"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    run_utils.require_at_least_one(parser, args, ("train_batch_size", "gradient_accumulation_steps", "log_freq",
+                                                  "save_checkpoints_steps", "max_seq_length", "keep_checkpoint_max"))
     if args.phase2 and not args.restore_checkpoint:
         parser.error("--phase2 needs --restore_checkpoint naming the phase-1 checkpoint")
-    args.log_dir = args.log_dir or os.path.join(args.results_dir, "logs")
-    args.json_summary = args.json_summary or os.path.join(args.log_dir, METRICS_FILE)
-
-
-def compute_policy(args: argparse.Namespace) -> str:
-    return f"mixed_{args.amp_dtype}" if args.amp else "float32"
+    args.log_dir, args.json_summary = run_utils.log_paths(args.results_dir, args.log_dir, args.json_summary)
 
 
 def discriminator_config_from_args(args: argparse.Namespace) -> ElectraConfig:
@@ -194,9 +175,8 @@ def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel,
     return optimization.Trainer(
         loss_fn, model.trainable_variables, build_optimizer(args, model.trainable_variables),
         accumulation_steps=args.gradient_accumulation_steps, seed=args.seed, jit_compile=args.xla,
-        loss_scale=optimization.make_loss_scale(args.amp_dtype if args.amp else "float32"),
-        rank=engine.rank, world_size=engine.size,
-        reduce_gradients=(lambda g: engine.all_reduce_mean(g, args.fp16_compression)) if engine.size > 1 else None)
+        loss_scale=run_utils.make_loss_scale(args), rank=engine.rank, world_size=engine.size,
+        reduce_gradients=run_utils.gradient_averaging(engine, args.fp16_compression))
 
 
 class CheckpointState:
@@ -303,48 +283,12 @@ def load_init_checkpoint(model: ElectraPretrainingModel, folder: str) -> None:
                     f" (unused: {', '.join(report.unused)})" if report.unused else "")
 
 
-class MetricsLog:
-    """Human-readable lines, a JSON-lines file and TensorBoard summaries, one entry per log step."""
-
-    def __init__(self, args: argparse.Namespace):
-        os.makedirs(args.log_dir, exist_ok=True)
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_summary)), exist_ok=True)
-        self.json_file = open(args.json_summary, "a", encoding="utf-8")
-        self.writer = tf.summary.create_file_writer(args.log_dir)
-
-    def write(self, step: int, values: dict[str, float]) -> None:
-        record = {"step": step, **values}
-        self.json_file.write(json.dumps(record) + "\n")
-        self.json_file.flush()
-        with self.writer.as_default(step=step):
-            for name, value in values.items():
-                tf.summary.scalar(name, value)
-        logger.info("step %d | %s", step, " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
-
-    def close(self) -> None:
-        self.json_file.close()
-        self.writer.close()
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so the run saves and exits."""
-
-    def __init__(self) -> None:
-        self.signal_name: str | None = None
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-
 def save_run_config(args: argparse.Namespace, model: ElectraPretrainingModel) -> None:
     os.makedirs(args.results_dir, exist_ok=True)
     content = {**vars(args), "discriminator": model.discriminator.config.to_dict(),
                "generator": model.generator.config.to_dict(),
                "objective": dataclasses.asdict(model.objective)}
-    with open(os.path.join(args.results_dir, RUN_CONFIG_FILE), "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, sort_keys=True)
+    run_utils.write_json(os.path.join(args.results_dir, RUN_CONFIG_FILE), content, sort_keys=True)
 
 
 def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = None) -> dict[str, Any]:
@@ -364,16 +308,17 @@ def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = N
                                  *trainer.loss_scale.variables])
     if engine.is_chief:
         save_run_config(args, model)
-    return training_loop(args, trainer, state, iterator, engine)
+    with run_utils.stop_requests() as stop:
+        return training_loop(args, trainer, state, iterator, engine, stop)
 
 
 def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state: CheckpointState, iterator: Any,
-                  engine: distributed.SingleProcess) -> dict[str, Any]:
+                  engine: distributed.SingleProcess, stop: run_utils.StopRequest) -> dict[str, Any]:
     """Train to the last step of this run; only the chief logs, every rank saves its own state."""
     start = int(state.step.numpy())
     last = args.num_train_steps if args.steps_this_run is None else min(args.num_train_steps, start + args.steps_this_run)
-    metrics, stop = PretrainingMetrics(), StopRequest()
-    log = MetricsLog(args) if engine.is_chief else None
+    metrics = PretrainingMetrics()
+    log = MetricsLog(args.log_dir, args.json_summary) if engine.is_chief else None
     sequences_per_step = args.train_batch_size * args.gradient_accumulation_steps
     logged: dict[str, float] = {}
     window_start, window_steps, skipped = time.perf_counter(), 0, 0
@@ -410,11 +355,8 @@ def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    distributed.prepare_environment(os.environ)
-    engine = distributed.create_engine(args.engine, os.environ)
-    if not engine.is_chief:  # the other ranks report only problems
-        logging.getLogger().setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO, format=run_utils.LOG_FORMAT)
+    engine = run_utils.start_engine(args.engine)
     try:
         result = train(args, engine)
     except (FileNotFoundError, FileExistsError, ValueError) as error:

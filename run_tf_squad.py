@@ -7,6 +7,12 @@ each epoch in OUTPUT_DIR/checkpoints; running the same command again resumes fro
 run goes straight to prediction), and SIGTERM/SIGINT saves one and exits 0. The fine-tuned model
 is written as a model folder, OUTPUT_DIR/model (config.json, model.safetensors, vocab.txt).
 
+Several processes (`--engine`, started by scripts/run_squad.sh) fine-tune as one with their
+batches together: rank r takes its slice of every global batch, the gradients are averaged once
+per optimizer step, and rank 0's weights are broadcast at the start. Only rank 0 writes
+checkpoints, logs and the model folder, and then predicts alone while the other ranks exit; a
+SIGTERM/SIGINT to any rank stops all of them after the same step.
+
 Prediction writes predictions.json, nbest_predictions.json and, for SQuAD 2.0, null_odds.json;
 evaluation writes eval_results.json (the official EM/F1). Training and inference speed, with
 true latency percentiles over per-batch times, go to the JSON-lines summary.
@@ -14,12 +20,10 @@ true latency percentiles over per-batch times, go to the JSON-lines summary.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import sys
 import time
 from typing import Any, Iterator, Sequence
@@ -31,13 +35,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import distributed  # noqa: E402
 import optimization  # noqa: E402
+import run_utils  # noqa: E402
 import squad_utils  # noqa: E402
 from configuration import MODEL_SIZES, ElectraConfig  # noqa: E402
 from model_folder import (CONFIG_FILE, LoadReport, assign_tensors, read_config, read_qa_head_settings,  # noqa: E402
                           read_tensors, resolve_model_folder, save_model_folder)
 from modeling import ElectraForQuestionAnswering  # noqa: E402
-from run_pretraining import MetricsLog, StopRequest, compute_policy  # noqa: E402
+from run_utils import RUN_CONFIG_FILE, MetricsLog, compute_policy, write_json  # noqa: E402
 from tokenization import WordPieceTokenizer  # noqa: E402
 
 logger = logging.getLogger("run_tf_squad")
@@ -110,13 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--max_answer_length", type=int, default=30, help="longest answer in tokens")
     decode.add_argument("--null_score_diff_threshold", type=float, default=-5.6,
                         help="SQuAD 2.0: predict no answer when the null odds exceed this")
-    speed = parser.add_argument_group("precision, speed and logs")
-    speed.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                       help="mixed precision (fp32 master weights, --amp_dtype compute)")
-    speed.add_argument("--amp_dtype", choices=("float16", "bfloat16"), default="float16",
-                       help="compute dtype with --amp; float16 uses dynamic loss scaling")
-    speed.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
-                       help="XLA-compile the training and inference steps")
+    speed = parser.add_argument_group("precision, speed, processes and logs")
+    run_utils.add_precision_flags(speed, xla_help="XLA-compile the training and inference steps")
+    run_utils.add_engine_flags(speed)
     speed.add_argument("--output_dir", required=True, help="checkpoints, model folder, predictions and logs")
     speed.add_argument("--log_freq", type=int, default=50, help="optimizer steps between log lines")
     speed.add_argument("--json-summary", dest="json_summary", default=None,
@@ -127,20 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    validate_args(parser, args)
-    return args
+    return run_utils.parse_checked(build_parser(), validate_args, argv)
 
 
 def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.do_predict = args.do_predict or args.do_eval
     if not (args.do_train or args.do_predict):
         parser.error("nothing to do: pass --do_train and/or --do_predict/--do_eval")
-    for name in ("train_batch_size", "predict_batch_size", "gradient_accumulation_steps", "num_train_epochs",
-                 "beam_size", "n_best_size", "max_answer_length", "log_freq"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be at least 1")
+    run_utils.require_at_least_one(parser, args, ("train_batch_size", "predict_batch_size",
+                                                  "gradient_accumulation_steps", "num_train_epochs", "beam_size",
+                                                  "n_best_size", "max_answer_length", "log_freq"))
     if not 0.0 <= args.warmup_proportion < 1.0:
         parser.error("--warmup_proportion must be in [0, 1)")
     version = "v2.0" if args.version_2_with_negative else "v1.1"
@@ -149,8 +147,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             if args.data_dir is None:
                 parser.error(f"pass --{flag} or --data_dir")
             setattr(args, flag, os.path.join(args.data_dir, f"{stem}-{version}.json"))
-    args.log_dir = os.path.join(args.output_dir, "logs")
-    args.json_summary = args.json_summary or os.path.join(args.log_dir, "metrics.jsonl")
+    args.log_dir, args.json_summary = run_utils.log_paths(args.output_dir, json_summary=args.json_summary)
 
 
 # ----------------------------------------------------------------------------- model and data
@@ -235,32 +232,50 @@ def load_features(args: argparse.Namespace, tokenizer: WordPieceTokenizer, path:
     return data, features
 
 
-def train_batches(features: squad_utils.SquadFeatures, batch_size: int, seed: int,
-                  first_batch: int) -> Iterator[dict[str, np.ndarray]]:
-    """Endless training batches: each pass over the windows in a fresh order drawn from
-    (seed, pass), the last partial batch dropped; starts at batch `first_batch` of that sequence,
-    so a resumed run sees exactly the batches an uninterrupted one would."""
-    batches_per_pass = len(features) // batch_size
+def train_batches(features: squad_utils.SquadFeatures, batch_size: int, seed: int, first_batch: int,
+                  rank: int = 0, world_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Endless training batches of this rank: each pass over the windows in a fresh order drawn
+    from (seed, pass) is cut into global batches of `batch_size x world_size` (the last partial one
+    dropped), and rank r takes rows [r x batch_size, (r + 1) x batch_size) of each, so N processes
+    see exactly the batches of one process with N times the batch. Starts at global batch
+    `first_batch`, so a resumed run sees the batches an uninterrupted one would."""
+    global_batch = batch_size * world_size
+    batches_per_pass = len(features) // global_batch
     data_pass, offset = divmod(first_batch, batches_per_pass)
     while True:
         order = np.random.default_rng([seed, data_pass]).permutation(len(features))
         for index in range(offset, batches_per_pass):
-            rows = order[index * batch_size:(index + 1) * batch_size]
+            first = index * global_batch + rank * batch_size
+            rows = order[first:first + batch_size]
             yield {name: getattr(features, name)[rows] for name in TRAIN_FIELDS}
         data_pass, offset = data_pass + 1, 0
+
+
+def load_training_features(args: argparse.Namespace, tokenizer: WordPieceTokenizer,
+                           engine: distributed.SingleProcess) -> squad_utils.SquadFeatures:
+    """The chief featurizes and caches first; the other ranks then read its cache (or build their
+    own where they do not share its file system) instead of racing it to write one."""
+    if engine.is_chief:
+        _, features = load_features(args, tokenizer, args.train_file, is_training=True)
+    engine.agree(False)  # a barrier: the chief's cache is complete past this point
+    if not engine.is_chief:
+        _, features = load_features(args, tokenizer, args.train_file, is_training=True)
+    return features
 
 
 # ----------------------------------------------------------------------------- training
 
 class TrainingPlan:
-    """Step counts of a fine-tuning run."""
+    """Step counts of a fine-tuning run; an optimizer step takes train_batch_size x
+    gradient_accumulation_steps sequences on each of `world_size` processes."""
 
-    def __init__(self, args: argparse.Namespace, num_features: int):
-        sequences_per_step = args.train_batch_size * args.gradient_accumulation_steps
+    def __init__(self, args: argparse.Namespace, num_features: int, world_size: int = 1):
+        sequences_per_step = args.train_batch_size * args.gradient_accumulation_steps * world_size
         self.steps_per_epoch = num_features // sequences_per_step
         if self.steps_per_epoch < 1:
             raise ValueError(f"{args.train_file} gives {num_features} training windows, fewer than one optimizer "
-                             f"step of {sequences_per_step} sequences (train_batch_size x gradient_accumulation_steps)")
+                             f"step of {sequences_per_step} sequences (train_batch_size x "
+                             f"gradient_accumulation_steps x {world_size} processes)")
         self.total_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * self.steps_per_epoch
         self.warmup_steps = int(args.warmup_proportion * self.total_steps)
         self.sequences_per_step = sequences_per_step
@@ -269,8 +284,8 @@ class TrainingPlan:
         return step % self.steps_per_epoch == 0 or step == self.total_steps
 
 
-def build_trainer(args: argparse.Namespace, model: ElectraForQuestionAnswering,
-                  plan: TrainingPlan) -> optimization.Trainer:
+def build_trainer(args: argparse.Namespace, model: ElectraForQuestionAnswering, plan: TrainingPlan,
+                  engine: distributed.SingleProcess) -> optimization.Trainer:
     variables = model.trainable_variables
     schedule = optimization.WarmupPolynomialDecay(args.learning_rate, plan.warmup_steps, plan.total_steps,
                                                   end_learning_rate=0.0, power=1.0)
@@ -286,20 +301,24 @@ def build_trainer(args: argparse.Namespace, model: ElectraForQuestionAnswering,
         return model.training_losses(batch, training=True)
 
     return optimization.Trainer(loss_fn, variables, optimizer, accumulation_steps=args.gradient_accumulation_steps,
-                                loss_scale=optimization.make_loss_scale(args.amp_dtype if args.amp else "float32"),
-                                seed=args.seed, jit_compile=args.xla)
+                                loss_scale=run_utils.make_loss_scale(args), seed=args.seed, jit_compile=args.xla,
+                                rank=engine.rank, world_size=engine.size,
+                                reduce_gradients=run_utils.gradient_averaging(engine, args.fp16_compression))
 
 
 class FineTuningCheckpoint:
-    """Model, optimizer, loss scale, step and dropout RNG states in OUTPUT_DIR/checkpoints."""
+    """Model, optimizer, loss scale, step and dropout RNG states in OUTPUT_DIR/checkpoints. Only
+    the chief saves; every rank resumes from the chief's checkpoint (a shared file system)."""
 
     def __init__(self, model: ElectraForQuestionAnswering, trainer: optimization.Trainer, directory: str,
-                 total_steps: int):
+                 total_steps: int, rank: int = 0):
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.total_steps = tf.Variable(total_steps, dtype=tf.int64, trainable=False, name="total_steps")
+        self.rank = rank
+        self.dropout_rng = list(model.non_trainable_variables)
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer, loss_scale=trainer.loss_scale,
                                               step=self.step, total_steps=self.total_steps,
-                                              dropout_rng=list(model.non_trainable_variables))
+                                              dropout_rng=self.dropout_rng)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=CHECKPOINTS_KEPT)
 
     def resume_if_any(self) -> bool:
@@ -308,56 +327,60 @@ class FineTuningCheckpoint:
         if path is None:
             return False
         planned = int(self.total_steps.numpy())
+        own_seeds = [int(state.numpy()[0]) for state in self.dropout_rng]
         self.checkpoint.restore(path).assert_existing_objects_matched()
         if int(self.total_steps.numpy()) != planned:
             raise ValueError(f"{path} belongs to a run of {int(self.total_steps.numpy())} steps, this command plans "
                              f"{planned}; use the same settings to resume or another --output_dir")
+        if self.rank > 0:
+            self.keep_own_dropout_seeds(own_seeds)
         logger.info("Resumed from %s at step %d", path, int(self.step.numpy()))
         return True
 
+    def keep_own_dropout_seeds(self, own_seeds: list[int]) -> None:
+        """A dropout RNG state is [seed, draws]: every rank draws as often as the chief, so the
+        chief's counts with this rank's own seeds continue this rank's masks exactly."""
+        for state, seed in zip(self.dropout_rng, own_seeds):
+            state.assign(tf.constant([seed, int(state.numpy()[1])], dtype=state.dtype))
+
     def save(self) -> None:
-        logger.info("Saved checkpoint %s", self.manager.save(checkpoint_number=int(self.step.numpy())))
+        if self.rank == 0:
+            logger.info("Saved checkpoint %s", self.manager.save(checkpoint_number=int(self.step.numpy())))
 
 
 def train(args: argparse.Namespace, model: ElectraForQuestionAnswering, tokenizer: WordPieceTokenizer,
-          log: MetricsLog) -> dict[str, Any] | None:
+          log: MetricsLog | None, engine: distributed.SingleProcess) -> dict[str, Any] | None:
     """Fine-tune (or finish fine-tuning); the training summary, or None when a signal stopped it."""
-    _, features = load_features(args, tokenizer, args.train_file, is_training=True)
-    plan = TrainingPlan(args, len(features))
-    trainer = build_trainer(args, model, plan)
-    state = FineTuningCheckpoint(model, trainer, os.path.join(args.output_dir, CHECKPOINT_DIR), plan.total_steps)
+    features = load_training_features(args, tokenizer, engine)
+    plan = TrainingPlan(args, len(features), engine.size)
+    trainer = build_trainer(args, model, plan, engine)
+    state = FineTuningCheckpoint(model, trainer, os.path.join(args.output_dir, CHECKPOINT_DIR), plan.total_steps,
+                                 engine.rank)
     state.resume_if_any()
+    # Rank 0's initial (or restored) state; the step too, so no rank can start elsewhere.
+    engine.broadcast_from_chief([*model.trainable_variables, *trainer.optimizer.variables,
+                                 *trainer.loss_scale.variables, state.step])
     start = int(state.step.numpy())
-    logger.info("Training: %d windows, %d optimizer steps of %d sequences (%d per epoch), %d warm-up",
-                len(features), plan.total_steps, plan.sequences_per_step, plan.steps_per_epoch, plan.warmup_steps)
-    batches = train_batches(features, args.train_batch_size, args.seed, start * args.gradient_accumulation_steps)
-    with stop_requests() as stop:
-        summary = training_loop(args, trainer, state, plan, batches, log, stop)
-    if stop.signal_name:
-        logger.warning("%s received: saved a checkpoint at step %d, exiting", stop.signal_name, int(state.step.numpy()))
-        return None
-    return summary
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[StopRequest]:
-    """SIGTERM/SIGINT become a stop request while training; the previous handlers come back after,
-    so a caller in the same process (a test, a notebook) gets its own handling back."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield StopRequest()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    logger.info("Training: %d windows, %d optimizer steps of %d sequences (%d per epoch, %d processes), %d warm-up",
+                len(features), plan.total_steps, plan.sequences_per_step, plan.steps_per_epoch, engine.size,
+                plan.warmup_steps)
+    batches = train_batches(features, args.train_batch_size, args.seed, start * args.gradient_accumulation_steps,
+                            engine.rank, engine.size)
+    with run_utils.stop_requests() as stop:
+        return training_loop(args, trainer, state, plan, batches, log, stop, engine)
 
 
 def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state: FineTuningCheckpoint,
-                  plan: TrainingPlan, batches: Iterator[dict[str, np.ndarray]], log: MetricsLog,
-                  stop: StopRequest) -> dict[str, Any]:
+                  plan: TrainingPlan, batches: Iterator[dict[str, np.ndarray]], log: MetricsLog | None,
+                  stop: run_utils.StopRequest, engine: distributed.SingleProcess) -> dict[str, Any] | None:
+    """Train to the last step; the summary, or None when a signal on any rank stopped every rank
+    at the same step (after a checkpoint)."""
     start = int(state.step.numpy())
     window: dict[str, list[float]] = {}
     timed_steps, timed_seconds, skipped = 0, 0.0, 0
-    bar = tqdm(total=plan.total_steps, initial=start, desc="fine-tuning", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=plan.total_steps, initial=start, desc="fine-tuning", unit="step", dynamic_ncols=True,
+               disable=not engine.is_chief)
+    stopping = False
     for step in range(start, plan.total_steps):
         step_start = time.perf_counter()
         outputs, update = trainer.step(batches, step)
@@ -374,14 +397,20 @@ def training_loop(args: argparse.Namespace, trainer: optimization.Trainer, state
             values.update(learning_rate=float(trainer.optimizer.learning_rate),
                           gradient_norm=float(update["gradient_norm"]), loss_scale=float(trainer.loss_scale.value),
                           skipped_steps=skipped)
-            log.write(step + 1, values)
+            if log:
+                log.write(step + 1, values)
             bar.set_postfix(loss=f"{values['total_loss']:.3f}")
             window = {}
-        if plan.ends_epoch(step + 1) or stop.signal_name:
+        stopping = engine.agree(stop.signal_name is not None)
+        if plan.ends_epoch(step + 1) or stopping:
             state.save()
-        if stop.signal_name:
+        if stopping:
             break
     bar.close()
+    if stopping:
+        cause = f"{stop.signal_name} received" if stop.signal_name else "another rank was stopped"
+        logger.warning("%s: saved a checkpoint at step %d, exiting", cause, int(state.step.numpy()))
+        return None
     summary: dict[str, Any] = {"train_steps": int(state.step.numpy()), "train_skipped_steps": skipped}
     if timed_steps:
         summary["training_sequences_per_second"] = timed_steps * plan.sequences_per_step / timed_seconds
@@ -442,12 +471,6 @@ def decode_config(args: argparse.Namespace) -> squad_utils.DecodeConfig:
                                     null_score_diff_threshold=args.null_score_diff_threshold)
 
 
-def write_json(path: str, content: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-
-
 def predict(args: argparse.Namespace, model: ElectraForQuestionAnswering,
             tokenizer: WordPieceTokenizer) -> dict[str, Any]:
     """Predict --predict_file, write the prediction files, evaluate on request; returns the
@@ -481,10 +504,11 @@ def evaluate(args: argparse.Namespace, data: squad_utils.SquadData,
 
 # ----------------------------------------------------------------------------- main
 
-def run(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Train and/or predict as asked; the summary written to the JSON log (None if stopped by a signal)."""
-    os.makedirs(args.output_dir, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
+def run(args: argparse.Namespace, engine: distributed.SingleProcess | None = None) -> dict[str, Any] | None:
+    """Train and/or predict as asked; the summary written to the JSON log (None if stopped by a
+    signal). Every rank trains; only the chief (rank 0) writes files and predicts."""
+    engine = engine or distributed.SingleProcess()
+    keras.utils.set_random_seed(args.seed + engine.rank)  # rank 0's initial weights are broadcast
     config, folder = model_source(args)
     if args.max_seq_length > config.max_position_embeddings:
         raise ValueError(f"--max_seq_length {args.max_seq_length} exceeds the model's "
@@ -496,12 +520,15 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     vocab_file = vocab_file_for(args, folder)
     tokenizer = WordPieceTokenizer(vocab_file, do_lower_case=args.do_lower_case)
     check_vocab_fits(tokenizer, model.config)
-    write_json(os.path.join(args.output_dir, "run_config.json"), vars(args))
-    log = MetricsLog(args)
+    if not engine.is_chief:
+        return train(args, model, tokenizer, None, engine) if args.do_train else {}
+    os.makedirs(args.output_dir, exist_ok=True)
+    write_json(os.path.join(args.output_dir, RUN_CONFIG_FILE), vars(args))
+    log = MetricsLog(args.log_dir, args.json_summary)
     summary: dict[str, Any] = {}
     try:
         if args.do_train:
-            trained = train(args, model, tokenizer, log)
+            trained = train(args, model, tokenizer, log, engine)
             if trained is None:
                 return None
             summary.update(trained)
@@ -515,16 +542,17 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=run_utils.LOG_FORMAT)
     args = parse_args(argv)
     if args.verbose_logging:
         logging.getLogger(squad_utils.__name__).setLevel(logging.DEBUG)
+    engine = run_utils.start_engine(args.engine)
     try:
-        summary = run(args)
+        summary = run(args, engine)
     except (FileNotFoundError, ValueError) as error:
         logger.error("%s", error)
         return 1
-    if summary is not None:
+    if summary is not None and engine.is_chief:
         logger.info("Done: %s", json.dumps(summary))
     return 0
 

@@ -7,8 +7,12 @@
 #        cache_dir max_steps vocab_file xla [extra run_tf_squad.py flags...]
 #
 #   precision  amp (mixed float16; XLA on unless xla says otherwise, as in the recipe) | tf32 | fp32
+#   num_gpu    processes that fine-tune together, one per GPU (batch_size is per process); eval and
+#              prediction modes predict in one process
 #   mode       train | eval | train_eval | prediction
-#   env        interactive | cluster (recipe compatibility: one process is started either way)
+#   env        interactive: start num_gpu processes here (scripts/launch_processes.sh: horovodrun, or
+#              tf.distribute workers with ENGINE=tf_distribute) | cluster: srun/mpirun already started
+#              one copy of this script per process, so run one (the engine follows the launcher)
 #   xla        true | false (default: true with amp, false otherwise)
 #
 # Presets: bash scripts/run_squad.sh $(source scripts/configs/squad_config.sh && dgxa100_8gpu_amp)
@@ -39,8 +43,15 @@ if [ "$precision" = "amp" ]; then default_xla=true; else default_xla=false; fi
 xla=${18:-"$default_xla"}
 extra_flags=("${@:19}")
 
-if [ "$num_gpu" != "1" ]; then
-  echo "num_gpu=$num_gpu: run_tf_squad.py is not wired to the multi-process engine yet; running one process ($env)."
+case "$env" in
+  interactive|cluster) ;;
+  *) echo "env must be interactive or cluster, got '$env'" >&2; exit 2 ;;
+esac
+processes=$num_gpu
+if [ "$env" = "cluster" ]; then processes=1; fi
+if [ "$mode" = "eval" ] || [ "$mode" = "prediction" ]; then
+  if [ "$num_gpu" != "1" ]; then echo "num_gpu=$num_gpu: $mode mode only predicts, which runs in one process."; fi
+  processes=1
 fi
 
 flags=(--electra_model "$electra_model" --data_dir "$squad_dir" --output_dir "$results_dir"
@@ -74,7 +85,8 @@ case "$mode" in
   *) echo "mode must be train, eval, train_eval or prediction, got '$mode'" >&2; exit 2 ;;
 esac
 
+source "$repo_dir/scripts/launch_processes.sh"
 mkdir -p "$results_dir"
 command=(python "$repo_dir/run_tf_squad.py" "${flags[@]}" "${extra_flags[@]}")
-echo "${command[*]}"
-"${command[@]}" 2>&1 | tee "$results_dir/logfile.txt"
+echo "$processes process(es): ${command[*]}"
+launch_processes "$processes" "${command[@]}" 2>&1 | tee "$results_dir/logfile.txt"

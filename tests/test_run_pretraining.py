@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import pretrain_utils
 import run_pretraining
+import run_utils
 from configuration import ElectraConfig, PretrainingObjective
 from model_folder import save_model_folder
 from modeling import (ElectraDiscriminator, ElectraGenerator, ElectraPretrainingModel, masked_lm_loss,
@@ -54,7 +55,7 @@ def checkpoint_variables(path: str) -> dict[str, np.ndarray]:
 
 
 def metrics_records(results_dir: Path) -> list[dict]:
-    lines = (results_dir / "logs" / run_pretraining.METRICS_FILE).read_text().splitlines()
+    lines = (results_dir / "logs" / run_utils.METRICS_FILE).read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
@@ -240,7 +241,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(repo_root, tiny_config_file, 
         pretraining_command(tiny_config_file, austen_tfrecords["train"], tmp_path, "--num_train_steps", "100000",
                             "--save_checkpoints_steps", "100000"),
         cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "logs" / run_pretraining.METRICS_FILE
+    metrics = tmp_path / "logs" / run_utils.METRICS_FILE
     deadline = time.monotonic() + PROCESS_TIMEOUT
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -337,7 +337,7 @@ def test_run_squad_sh_prediction_mode_reproduces_the_predictions(fine_tuned_v1: 
     result = subprocess.run(["bash", "scripts/run_squad.sh", *positional, "--no-joint_head", *FEATURE_FLAGS],
                             cwd=repo_root, capture_output=True, text=True, timeout=PROCESS_TIMEOUT)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "not wired to the multi-process engine yet; running one process" in result.stdout
+    assert "num_gpu=2: prediction mode only predicts, which runs in one process." in result.stdout
     assert (output / "logfile.txt").exists()
     assert json.loads((output / "predictions.json").read_text()) == json.loads(
         (fine_tuned_v1["output"] / "predictions.json").read_text())
