@@ -33,3 +33,21 @@ def test_readme_model_folder_example_runs(repo_root: Path, tmp_path: Path):
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "shape=(1, 8)" in result.stdout  # [CLS] the chef ate the meal . [SEP]
+
+
+PROGRAMS = ("build_pretraining_dataset.py", "data/dataPrep.py", "data/cloze_squad.py", "run_pretraining.py",
+            "postprocess_pretrained_ckpt.py", "run_tf_squad.py", "run_inference.py",
+            "scripts/benchmark_pretraining.py", "scripts/benchmark_squad.py", "scripts/benchmark_data.py")
+
+
+def test_readme_documents_every_flag_of_every_program(repo_root: Path):
+    readme = (repo_root / "README.md").read_text()
+    for program in PROGRAMS:
+        source = (repo_root / program).read_text()
+        flags = re.findall(r"add_argument\(\s*((?:\"--[\w-]+\",\s*)+)", source)
+        names = [name for group in flags for name in re.findall(r"--[\w-]+", group)]
+        assert names, program
+        section = readme[readme.index(f"<code>{program}</code>"):]
+        section = section[:section.index("</details>")]
+        missing = [name for name in names if f"`{name}`" not in section]
+        assert not missing, f"{program}: {missing} not in the README's flag list"

@@ -64,13 +64,18 @@ def first_words_baseline(examples: list[squad_utils.SquadExample], words: int = 
 
 # ----------------------------------------------------------------------------- fine-tuning runs
 
+def random_discriminator_folder(tmp_path_factory: pytest.TempPathFactory, config: ElectraConfig, name: str) -> Path:
+    """A discriminator folder with weights drawn from seed 0."""
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp(name)
+    save_model_folder(ElectraDiscriminator(config), str(folder))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_discriminator(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised tiny discriminator folder: fine-tuning starts from scratch."""
-    keras.utils.set_random_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_discriminator")
-    save_model_folder(ElectraDiscriminator(TINY), str(folder))
-    return folder
+    return random_discriminator_folder(tmp_path_factory, TINY, "tiny_discriminator")
 
 
 def v1_command(squad_dir: Path, init: Path, output: Path) -> list[str]:

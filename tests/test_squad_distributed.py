@@ -12,14 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
-from model_folder import read_tensors, save_model_folder
-from modeling import ElectraDiscriminator
+from model_folder import read_tensors
 from test_distributed import ENGINES
-from test_run_squad import FEATURE_FLAGS, TINY, cloze_squad
+from test_run_squad import FEATURE_FLAGS, TINY, cloze_squad, random_discriminator_folder
 
 NO_DROPOUT = dataclasses.replace(TINY, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 PER_RANK_BATCH = 4
@@ -45,10 +43,7 @@ def squad_dir(tmp_path_factory: pytest.TempPathFactory, sample_corpus_dir: Path)
 @pytest.fixture(scope="module")
 def discriminator(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random tiny discriminator without dropout: every process computes the same function."""
-    keras.utils.set_random_seed(0)
-    folder = tmp_path_factory.mktemp("discriminator")
-    save_model_folder(ElectraDiscriminator(NO_DROPOUT), str(folder))
-    return folder
+    return random_discriminator_folder(tmp_path_factory, NO_DROPOUT, "discriminator")
 
 
 def run_squad_sh(repo_root: Path, squad_dir: Path, init: Path, output: Path, processes: int, batch: int,
