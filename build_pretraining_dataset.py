@@ -330,12 +330,20 @@ def _feature_entry_header(name: str, values_length: int) -> bytes:
     return _field_header(1, len(entry) + values_length) + entry
 
 
+def _packed_varints(values: Sequence[int]) -> bytes:
+    """The packed varints of non-negative ints. Below 128 a value is its own one-byte varint, so
+    `bytes` packs input_mask and segment_ids in C, about 10x faster than joining varints."""
+    if max(values, default=0) < 0x80:
+        return bytes(values)
+    return b"".join(map(_VARINTS.__getitem__, values))
+
+
 def serialize_example(example: PretrainingExample) -> bytes:
     """`tf.train.Example` bytes of the example's int64 features, as protobuf serializes them
     deterministically: map entries sorted by key (FEATURE_NAMES is sorted), values packed."""
     features = []
     for name, values in zip(FEATURE_NAMES, example, strict=True):
-        packed = b"".join(map(_VARINTS.__getitem__, values))
+        packed = _packed_varints(values)
         features += (_feature_entry_header(name, len(packed)), packed)
     body = b"".join(features)
     return _field_header(1, len(body)) + body  # Example.features = 1
