@@ -331,11 +331,14 @@ def _feature_entry_header(name: str, values_length: int) -> bytes:
 
 
 def _packed_varints(values: Sequence[int]) -> bytes:
-    """The packed varints of non-negative ints. Below 128 a value is its own one-byte varint, so
-    `bytes` packs input_mask and segment_ids in C, about 10x faster than joining varints."""
-    if max(values, default=0) < 0x80:
-        return bytes(values)
-    return b"".join(map(_VARINTS.__getitem__, values))
+    """The packed varints of non-negative ints. Below 128 a value is its own one-byte varint,
+    so `bytes` packs input_mask and segment_ids in C, about 10x faster than joining varints;
+    `bytes` fails fast on token ids (above 255), and `isascii` tells a value in 128-255."""
+    try:
+        packed = bytes(values)
+    except ValueError:  # a value above 255
+        return b"".join(map(_VARINTS.__getitem__, values))
+    return packed if packed.isascii() else b"".join(map(_VARINTS.__getitem__, values))
 
 
 def serialize_example(example: PretrainingExample) -> bytes:

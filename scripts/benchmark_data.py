@@ -13,9 +13,12 @@ fixed start-up cost (interpreter, imports, vocabulary, creating the output files
 subtracted for the steady-state per-core figure. Memory: the peak of the summed RSS of the
 process tree (sampled from /proc every 100 ms) and the largest single-process peak (wait4).
 
-Each build runs --repeats times. Other jobs on the machine only ever add time, so the figures
-use each build's least wall and CPU time (and its most memory); the wall-time range and the
-range of the speed-up over the pure-Python path show how noisy the machine was.
+The builds run in --repeats rounds, each round running every build once, so a slow spell of
+the machine (other jobs only ever add time, and this VM's speed drifts by a third from minute to
+minute) touches all builds alike. The speed-up over the pure-Python path is computed per round
+from two builds run back to back, and its median over the rounds is the headline; the ratios of
+least and of median times are printed too. The throughput figures use each build's least wall
+and CPU time (and its most memory).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,14 +52,17 @@ class RunResult:
     tokens: int
     sentences: int
     max_wall_seconds: float
+    median_wall_seconds: float
 
 
 def combine(runs: list[RunResult]) -> RunResult:
-    """Repeated runs of one build as one result: least time, most memory, the slowest wall."""
-    return RunResult(min(r.wall_seconds for r in runs), min(r.cpu_seconds for r in runs),
+    """Repeated runs of one build as one result: least time, most memory, slowest and median
+    wall."""
+    walls = sorted(r.wall_seconds for r in runs)
+    return RunResult(walls[0], min(r.cpu_seconds for r in runs),
                      max(r.peak_tree_rss_mb for r in runs),
                      max(r.peak_process_rss_mb for r in runs), runs[0].tokens, runs[0].sentences,
-                     max(r.wall_seconds for r in runs))
+                     walls[-1], statistics.median(walls))
 
 
 def split_book(text: str) -> list[str]:
@@ -140,7 +147,7 @@ def run_build(corpus_dir: Path, output_dir: Path, processes: int, backend: str,
         sys.exit(f"build failed ({' '.join(command)}):\n{stderr.decode(errors='replace')}")
     summary = json.loads((output_dir / "build_summary.json").read_text())
     return RunResult(wall, usage.ru_utime + usage.ru_stime, peak[0] / 2**20,
-                     usage.ru_maxrss / 1024, summary["tokens"], summary["sentences"], wall)
+                     usage.ru_maxrss / 1024, summary["tokens"], summary["sentences"], wall, wall)
 
 
 def tokenizer_throughput(corpus_dir: Path, backend: str) -> float:
@@ -162,7 +169,8 @@ def tokenizer_throughput(corpus_dir: Path, backend: str) -> float:
 def report_throughput(name: str, run: RunResult, startup: RunResult, processes: int) -> None:
     steady_cpu = max(run.cpu_seconds - startup.cpu_seconds, 1e-9)
     wall_range = f"{run.wall_seconds:.1f}-{run.max_wall_seconds:.1f}"
-    print(f"{name:<22} {processes:>2}  {wall_range:>11} {run.cpu_seconds:7.1f} "
+    print(f"{name:<22} {processes:>2}  {wall_range:>11} {run.median_wall_seconds:6.1f} "
+          f"{run.cpu_seconds:7.1f} "
           f"{run.tokens / run.wall_seconds:>11,.0f} {run.sentences / run.wall_seconds:>10,.0f} "
           f"{run.tokens / run.cpu_seconds:>11,.0f} {run.tokens / steady_cpu:>11,.0f}")
 
@@ -177,8 +185,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--large-copies", type=int, default=10,
                         help="the large corpus is the sample this many times "
                              "(default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="runs of each build; the least time counts (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="rounds, each running every build once; the least time counts, "
+                             "the median is shown too (default: %(default)s)")
+    parser.add_argument("--pure-python-large", action="store_true",
+                        help="also build the large corpus with the pure-Python WordPiece, where "
+                             "start-up weighs less (about 2 minutes per build here)")
     return parser.parse_args()
 
 
@@ -189,13 +201,15 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="benchmark_data_"))
     try:
-        run_benchmark(work_dir, args.num_out_files, args.large_copies, args.repeats)
+        run_benchmark(work_dir, args.num_out_files, args.large_copies, args.repeats,
+                      args.pure_python_large)
     finally:
         if args.work_dir is None:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
-def run_benchmark(work_dir: Path, num_out_files: int, large_copies: int, repeats: int) -> None:
+def run_benchmark(work_dir: Path, num_out_files: int, large_copies: int, repeats: int,
+                  pure_python_large: bool) -> None:
     small, large = work_dir / "corpus_1x", work_dir / f"corpus_{large_copies}x"
     prepare_corpus(small, 1)
     prepare_corpus(large, large_copies)
@@ -203,24 +217,33 @@ def run_benchmark(work_dir: Path, num_out_files: int, large_copies: int, repeats
         prepare_tiny_corpus(work_dir / f"tiny_{processes}", processes)
     print(f"cores: {os.cpu_count()}, load average at start: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; RAYON_NUM_THREADS=1 per process; "
-          f"{num_out_files} output files per build, best of {repeats} runs")
-
-    def build(corpus: Path, processes: int, backend: str = "rust") -> RunResult:
-        output = work_dir / f"out_{corpus.name}_{processes}_{backend}"
-        runs = []
-        for _ in range(repeats):
-            runs.append(run_build(corpus, output, processes, backend, num_out_files))
-            shutil.rmtree(output)
-        return combine(runs)
+          f"{num_out_files} output files per build, {repeats} rounds of every build")
 
     for backend in ("rust", "python"):
         print(f"tokenizer alone, {backend}: {tokenizer_throughput(small, backend):,.0f} "
               "tokens per CPU-second")
-    startup = {p: build(work_dir / f"tiny_{p}", p) for p in (1, 2)}
-    runs = {(name, backend, p): build(corpus, p, backend)
-            for name, corpus, backends in (("1x", small, ("rust", "python")),
-                                           (f"{large_copies}x", large, ("rust",)))
-            for backend in backends for p in (1, 2)}
+    # Insertion order is run order: each rust build runs just before its pure-Python
+    # counterpart, so the two see the machine in the same state.
+    large_name = f"{large_copies}x"
+    compared = [("1x", small)] + ([(large_name, large)] if pure_python_large else [])
+    builds = {("start-up", "rust", p): work_dir / f"tiny_{p}" for p in (1, 2)}
+    builds.update({(name, backend, p): corpus for name, corpus in compared for p in (1, 2)
+                   for backend in ("rust", "python")})
+    if not pure_python_large:
+        builds.update({(large_name, "rust", p): large for p in (1, 2)})
+    samples: dict[tuple[str, str, int], list[RunResult]] = {key: [] for key in builds}
+    for _ in range(repeats):
+        for (name, backend, p), corpus in builds.items():
+            output = work_dir / f"out_{corpus.name}_{p}_{backend}"
+            samples[(name, backend, p)].append(run_build(corpus, output, p, backend,
+                                                         num_out_files))
+            shutil.rmtree(output)
+    runs = {key: combine(results) for key, results in samples.items()}
+    round_speedups = {(name, p): sorted(
+        python.wall_seconds / rust.wall_seconds
+        for rust, python in zip(samples[(name, "rust", p)], samples[(name, "python", p)]))
+        for name, _ in compared for p in (1, 2)}
+    startup = {p: runs.pop(("start-up", "rust", p)) for p in (1, 2)}
     sample = runs[("1x", "rust", 1)]
     print(f"sample corpus, sentence-split: {sample.sentences:,} sentences, "
           f"{sample.tokens:,} WordPiece tokens")
@@ -228,24 +251,25 @@ def run_benchmark(work_dir: Path, num_out_files: int, large_copies: int, repeats
         print(f"start-up cost with {p} process(es) (2-line corpus): "
               f"{startup[p].wall_seconds:.1f} s wall, {startup[p].cpu_seconds:.1f} s CPU")
     print()
-    print(f"{'build':<22} {'P':>2}  {'wall s':>11} {'CPU s':>7} {'tokens/s':>11} "
+    print(f"{'build':<22} {'P':>2}  {'wall s':>11} {'median':>6} {'CPU s':>7} {'tokens/s':>11} "
           f"{'sent/s':>10} {'tok/CPU-s':>11} {'steady':>11}")
     for (name, backend, p), run in runs.items():
         report_throughput(f"{name} {backend}", run, startup[p], p)
-    print("(wall s: least-most over the runs; tokens/s and sent/s: end to end, least wall "
+    print("(wall s: least-most over the runs; median: median wall s; tokens/s and sent/s: end to end, least wall "
           "clock; tok/CPU-s: per core, least CPU time of the whole tree; steady: per core, "
           "start-up CPU subtracted)")
     print()
-    for p in (1, 2):
-        rust, python = runs[("1x", "rust", p)], runs[("1x", "python", p)]
-        print(f"rust vs pure-Python WordPiece, {p} process(es): "
-              f"{python.wall_seconds / rust.wall_seconds:.1f}x end to end (least wall times; "
-              f"{python.wall_seconds / rust.max_wall_seconds:.1f}-"
-              f"{python.max_wall_seconds / rust.wall_seconds:.1f}x over all runs), "
+    for (name, p), speedups in round_speedups.items():
+        rust, python = runs[(name, "rust", p)], runs[(name, "python", p)]
+        print(f"{name} corpus, rust vs pure-Python WordPiece, {p} process(es), end to end: "
+              f"{statistics.median(speedups):.1f}x (median of the rounds' speed-ups, each from "
+              f"back-to-back builds; {speedups[0]:.1f}-{speedups[-1]:.1f}x), "
+              f"{python.wall_seconds / rust.wall_seconds:.1f}x from least wall times, "
+              f"{python.median_wall_seconds / rust.median_wall_seconds:.1f}x from medians; "
               f"{python.cpu_seconds / rust.cpu_seconds:.1f}x per CPU-second")
     print()
     for p in (1, 2):
-        one, many = runs[("1x", "rust", p)], runs[(f"{large_copies}x", "rust", p)]
+        one, many = runs[("1x", "rust", p)], runs[(large_name, "rust", p)]
         print(f"peak memory, {p} process(es): 1x tree {one.peak_tree_rss_mb:.0f} MB "
               f"(largest process {one.peak_process_rss_mb:.0f} MB), {large_copies}x tree "
               f"{many.peak_tree_rss_mb:.0f} MB (largest process "

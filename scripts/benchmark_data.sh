@@ -2,10 +2,10 @@
 # Benchmark of the pretraining-data build on the shipped sample corpus: tokens/s and
 # sentences/s with 1 and 2 processes, the same with a pure-Python WordPiece (transformers'
 # BertTokenizerLegacy, the recipe's original tokenizer), and peak memory on the sample vs. the
-# sample repeated 10 times. Prints numbers, asserts nothing; see scripts/benchmark_data.py for
+# sample repeated 10 times (with --pure-python-large, both paths on it). Prints numbers, asserts nothing; see scripts/benchmark_data.py for
 # how the corpus is sentence-split and how CPU time and memory are measured.
 # Usage: bash scripts/benchmark_data.sh [--work-dir DIR] [--num-out-files N] [--large-copies K]
-#                                        [--repeats R]
+#                                        [--repeats R] [--pure-python-large]
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # --test: the pure-Python tokenizer comes from transformers, a test requirement.

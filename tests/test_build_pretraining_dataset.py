@@ -461,7 +461,9 @@ def test_records_are_byte_identical_to_tensorflows_and_readable(tmp_path):
                 for n in (5, 128, 512)]
     # Varint boundaries (1 to 6 bytes) and a record longer than 2**14 bytes.
     edges = [0, 1, 127, 128, 16_383, 16_384, 2**21 - 1, 2**21, 2**35, 2**62]
+    # Values of 128-255 fit a byte but take two as varints.
     examples += [bpd.PretrainingExample(edges, [1] * len(edges), edges[::-1]),
+                 bpd.PretrainingExample([128, 255, 0, 127], [1] * 4, [0, 200, 1, 1]),
                  bpd.PretrainingExample([2**28] * 4096, [1] * 4096, [1] * 4096)]
     (tmp_path / "tf").mkdir()
     (tmp_path / "ours").mkdir()

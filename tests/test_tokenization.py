@@ -281,6 +281,12 @@ def test_batch_ids_equal_rust_pipeline_on_adversarial_and_random_text(
     assert tokenizer.unk_id in got[ADVERSARIAL_LINES.index("b" * 101)]
 
 
+def test_batch_ids_of_no_texts_and_of_non_ascii_texts_only(ours: WordPieceTokenizer) -> None:
+    assert ours.encode_batch_ids([]) == []
+    texts = ["Café naïve", "東京", "nbsp\u00a0here"]
+    assert_same_ids(ours.encode_batch_ids(texts), rust_ids(ours, texts), texts)
+
+
 def test_caches_stay_within_their_bound(vocab_file: Path, persuasion_lines: list[str],
                                         ours: WordPieceTokenizer) -> None:
     small = WordPieceTokenizer(str(vocab_file), cache_size=50)
