@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +79,20 @@ def split_book(text: str) -> list[str]:
     return lines
 
 
-def prepare_corpus(target_dir: Path, copies: int) -> None:
-    """Write the sample books, sentence-split, `copies` times into `target_dir`."""
+def typeset(text: str) -> str:
+    """The text as typeset books and Wikipedia print it: curly quotes and apostrophes, em
+    dashes (the sample has straight ones), so that most lines are no longer ASCII."""
+    text = re.sub(r'(^|(?<=\s))"', "\u201c", text).replace('"', "\u201d")
+    return re.sub(r"(^|(?<=\s))'", "\u2018", text).replace("'", "\u2019").replace("--", "\u2014")
+
+
+def prepare_corpus(target_dir: Path, copies: int,
+                   transform: Callable[[str], str] = lambda text: text) -> None:
+    """Write the sample books, sentence-split and transformed, `copies` times into
+    `target_dir`."""
     target_dir.mkdir(parents=True)
     for book in sorted(SAMPLE_CORPUS.glob("*.txt")):
-        text = "\n".join(split_book(book.read_text(encoding="utf-8"))) + "\n"
+        text = transform("\n".join(split_book(book.read_text(encoding="utf-8"))) + "\n")
         for copy in range(copies):
             (target_dir / f"{book.stem}-{copy}.txt").write_text(text, encoding="utf-8")
 
@@ -152,17 +162,26 @@ def run_build(corpus_dir: Path, output_dir: Path, processes: int, backend: str,
 
 def tokenizer_throughput(corpus_dir: Path, backend: str) -> float:
     """Tokens per CPU-second of the tokenizer alone (this process, one Rust thread), batches
-    of 1024 sentences as in the build: the ceiling of the end-to-end figure."""
+    of 1024 sentences as in the build: the ceiling of the end-to-end figure. Backends: those
+    of the build, and "rust-pipeline", the Rust pipeline without the fast path."""
     sys.path.insert(0, str(REPO))
-    import build_pretraining_dataset  # noqa: PLC0415 - imported once RAYON_NUM_THREADS is set
+    # Imported once RAYON_NUM_THREADS is set.
+    import build_pretraining_dataset  # noqa: PLC0415
+    import tokenization  # noqa: PLC0415
 
-    encoder = build_pretraining_dataset.load_encoder(str(REPO / "vocab" / "vocab.txt"), True,
-                                                     backend)
+    vocab_file = str(REPO / "vocab" / "vocab.txt")
+    if backend == "rust-pipeline":
+        pipeline = tokenization.WordPieceTokenizer(vocab_file)._tokenizer
+
+        def encode(texts: list[str]) -> list[list[int]]:
+            return [e.ids for e in pipeline.encode_batch(texts, add_special_tokens=False)]
+    else:
+        encode = build_pretraining_dataset.load_encoder(vocab_file, True, backend).encode_batch
     sentences = [line for path in sorted(corpus_dir.glob("*.txt"))
                  for line in path.read_text(encoding="utf-8").splitlines() if line]
     start, tokens = time.process_time(), 0
     for begin in range(0, len(sentences), 1024):
-        tokens += sum(map(len, encoder.encode_batch(sentences[begin:begin + 1024])))
+        tokens += sum(map(len, encode(sentences[begin:begin + 1024])))
     return tokens / (time.process_time() - start)
 
 
@@ -219,9 +238,13 @@ def run_benchmark(work_dir: Path, num_out_files: int, large_copies: int, repeats
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; RAYON_NUM_THREADS=1 per process; "
           f"{num_out_files} output files per build, {repeats} rounds of every build")
 
-    for backend in ("rust", "python"):
-        print(f"tokenizer alone, {backend}: {tokenizer_throughput(small, backend):,.0f} "
-              "tokens per CPU-second")
+    typeset_corpus = work_dir / "corpus_typeset"
+    prepare_corpus(typeset_corpus, 1, typeset)
+    for corpus, backends in ((small, ("rust", "python")),
+                             (typeset_corpus, ("rust", "rust-pipeline"))):
+        for backend in backends:
+            print(f"tokenizer alone, {corpus.name}, {backend}: "
+                  f"{tokenizer_throughput(corpus, backend):,.0f} tokens per CPU-second")
     # Insertion order is run order: each rust build runs just before its pure-Python
     # counterpart, so the two see the machine in the same state.
     large_name = f"{large_copies}x"

@@ -140,6 +140,7 @@ def test_ids_match_reference_on_varied_text(name: str, ours: WordPieceTokenizer,
     ids, type_ids = reference_encode(reference, VARIED_TEXTS[name])
     assert encoding.input_ids == ids
     assert encoding.segment_ids == type_ids
+    assert ours.encode_batch_ids([VARIED_TEXTS[name]]) == [ids[1:-1]]
 
 
 def test_ids_match_reference_on_all_varied_text_at_once(ours: WordPieceTokenizer,
@@ -215,10 +216,10 @@ def test_batch_ids_match_reference_on_a_whole_austen_novel(
     assert sum(map(len, got)) > 100_000
 
 
-# 2b. The ASCII path of encode_batch_ids against the Rust pipeline ----------------------------
+# 2b. The fast path of encode_batch_ids against the Rust pipeline -----------------------------
 
-# Lines that stress what the ASCII path re-implements (cleaning, lower-casing, splitting) and
-# what it hands over (non-ASCII lines, in order, between ASCII ones).
+# Lines that stress what the fast path re-implements (cleaning, lower-casing, accent stripping,
+# splitting) and what it hands over (other lines, in order, between fast ones).
 ADVERSARIAL_LINES = [
     "ctrl\x00A\x01B\x07C\x0bD\x0cE\x1bF\x1cG\x1fH\x7fI end", "\x00", "\x7f\x01", "a\x00b c\x1fd",
     "tab\there\rcarriage\nnewline  two  spaces ", "\t", "   ", "", "",
@@ -229,6 +230,12 @@ ADVERSARIAL_LINES = [
     "MiXeD CaSe WoRdS: iPhone McDONALD'S O'Neill e.g. U.S.A. NASA ELECTRA",
     "Café naïve résumé", "plain ASCII between", "Ångström ÀÉÎÕÜ", "東京 CJK 日本語", "x\u200by",
     "nbsp\u00a0here", "nel\x85here", "ascii again", "end\ufffd",
+    "“Curly” ‘quotes’ — em – en ‐ hyphen … «guillemets» ‹single› ¿Qué? ¡Sí! § ¶ · • † ‰ ′ ″",
+    "Zoë’s “naïve” café—résumé…", "word—word–word’s", "NFD: cafe\u0301 nai\u0308ve",
+    "lone marks \u0301 a \u0301b \u0300\u036f", "e\u0301\u0327\u0308x", "İstanbul ı İ",
+    "ĲMUIDEN ǅ ǈ Ǆ", "ﬁ ligature", "½ £5 °C × ÷ € ™ ©", "ΣΟΦΟΣ σοφος Σ", "Москва — столица",
+    "ASCII then 東京 then “quotes”", "\u2028line\u2029sep", "zero\u200bwidth — \u00adsoft",
+    "fullwidth ＡＢＣ ！", "ＡＢＣ", "ideographic\u3000space", "a\u0301\u20d7 b", "Å Å Å",
 ]
 
 
@@ -279,6 +286,53 @@ def test_batch_ids_equal_rust_pipeline_on_adversarial_and_random_text(
     assert_same_ids(got, rust_ids(tokenizer, texts), texts)
     assert [tokenizer.encode_batch_ids([text])[0] for text in texts] == got
     assert tokenizer.unk_id in got[ADVERSARIAL_LINES.index("b" * 101)]
+
+
+def random_unicode_lines(rng: random.Random, count: int) -> list[str]:
+    """Random lines mixing ASCII with accented Latin letters, combining marks, typographic
+    punctuation and characters the fast path must hand over (letters of other scripts, symbols,
+    non-ASCII spaces and controls)."""
+    others = ([chr(c) for c in range(0xA0, 0x250)] + [chr(c) for c in range(0x300, 0x370)]
+              + [chr(c) for c in range(0x2000, 0x2070)] + list("ΣσςИи東京ＡＢ！ﬁ€°×\u3000\ufffd"))
+    alphabet = list(string.printable) + list(string.ascii_letters) * 3 + [" "] * 30
+    lines = []
+    for _ in range(count):
+        chars = rng.choices(alphabet, k=rng.randint(0, 60))
+        for _ in range(rng.randint(0, 3)):
+            chars.insert(rng.randint(0, len(chars)), rng.choice(others))
+        lines.append("".join(chars))
+    return lines
+
+
+@pytest.mark.parametrize("lower_case", [True, False], ids=["uncased", "cased"])
+def test_batch_ids_equal_rust_pipeline_on_random_unicode_text(
+        lower_case: bool, ours: WordPieceTokenizer, ours_cased: WordPieceTokenizer) -> None:
+    tokenizer = ours if lower_case else ours_cased
+    texts = random_unicode_lines(random.Random(1), 4000)
+    assert_same_ids(tokenizer.encode_batch_ids(texts), rust_ids(tokenizer, texts), texts)
+
+
+@pytest.mark.parametrize("lower_case", [True, False], ids=["uncased", "cased"])
+def test_every_fast_punctuation_character_gets_the_rust_pipelines_ids(
+        lower_case: bool, ours: WordPieceTokenizer, ours_cased: WordPieceTokenizer) -> None:
+    tokenizer = ours if lower_case else ours_cased
+    punctuation = tokenizer._fast_punctuation()
+    assert {"“", "”", "‘", "’", "—", "–", "…", "«", "»", "¿", "¡", "§", "·"} <= set(punctuation)
+    assert not {"£", "°", "×", "\u00a0", "\u3000", "ﬁ", "ａ"} & set(punctuation)
+    texts = [f"a{char}b {char} {char}{char}x Word{char}" for char in punctuation]
+    assert_same_ids(tokenizer.encode_batch_ids(texts), rust_ids(tokenizer, texts), texts)
+
+
+def test_typographic_latin_text_takes_the_fast_path(ours: WordPieceTokenizer,
+                                                   ours_cased: WordPieceTokenizer) -> None:
+    """Which texts skip the Rust pipeline: the speed of English text with typographic
+    punctuation and accented names depends on it (their ids are checked above)."""
+    typographic = "“Zoë’s naïve café—résumé…” ¿Qué? «Dvořák»"
+    assert ours._fast_form(typographic) == "“Zoe’s naive cafe—resume…” ¿Que? «Dvorak»"
+    assert ours_cased._fast_form("“Curly” — quotes…") == "“Curly” — quotes…"
+    assert ours_cased._fast_form("Zoë") is None, "cased: accents stay, so the Rust pipeline"
+    for text in ("Σ", "東京", "nbsp\u00a0", "ﬁ", "£5", "zero\u200bwidth", "\u2028", "Ｗ"):
+        assert ours._fast_form(text) is None, text
 
 
 def test_batch_ids_of_no_texts_and_of_non_ascii_texts_only(ours: WordPieceTokenizer) -> None:
