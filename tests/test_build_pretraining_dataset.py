@@ -430,9 +430,19 @@ def test_blank_and_whitespace_lines_end_documents(tmp_path, vocab):
     assert [t for t in input_ids if t not in (CLS, SEP, 0)] == [a, b, c, d, e]
 
 
+def typeset(line: str) -> str:
+    """A line as modern typesetting has it (curly quotes, em dashes, an accented name): the
+    tokenizer's fast path beyond ASCII."""
+    line = line.replace("--", "\u2014").replace("'", "\u2019").replace("Emma", "\u00c9mma")
+    return f"\u201c{line}\u201d"
+
+
 def test_pure_python_tokenizer_gives_the_same_files(tmp_path):
     (tmp_path / "corpus").mkdir()
-    lines = austen_sentences("emma.txt", 6_000) + ["Café naïve résumé, 東京 — “quoted” text."]
+    sentences = austen_sentences("emma.txt", 6_000)
+    lines = (sentences[::2] + [typeset(line) for line in sentences[1::2]]
+             + ["Café naïve résumé, 東京 — “quoted” text."])
+    assert sum(not line.isascii() for line in lines) > len(lines) / 3
     (tmp_path / "corpus" / "emma.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     assert build(tmp_path / "corpus", tmp_path / "rust") == 0
     assert build(tmp_path / "corpus", tmp_path / "python", "--tokenizer-backend", "python") == 0
