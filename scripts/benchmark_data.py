@@ -11,7 +11,8 @@ process), so a run with P processes uses at most P cores. CPU time (user + syste
 process tree, from wait4) gives tokens per CPU-second; a run on a 2-line corpus measures the
 fixed start-up cost (interpreter, imports, vocabulary, creating the output files), which is
 subtracted for the steady-state per-core figure. Memory: the peak of the summed RSS of the
-process tree (sampled from /proc every 100 ms) and the largest single-process peak (wait4).
+process tree and the largest single process, both sampled from /proc every 100 ms (wait4's
+maxrss would count the benchmark's own memory, copied by the fork that starts the build).
 
 The builds run in --repeats rounds, each round running every build once, so a slow spell of
 the machine (other jobs only ever add time, and this VM's speed drifts by a third from minute to
@@ -104,8 +105,9 @@ def prepare_tiny_corpus(target_dir: Path, num_files: int) -> None:
         (target_dir / f"tiny-{index}.txt").write_text("A short sentence.\nAnother one.\n")
 
 
-def tree_rss_bytes(root_pid: int) -> int:
-    """Summed resident memory of `root_pid` and all its descendants, from /proc."""
+def tree_rss_bytes(root_pid: int) -> tuple[int, int]:
+    """Summed resident memory of `root_pid` and all its descendants, and the largest of them,
+    from /proc."""
     parents: dict[int, int] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -118,13 +120,13 @@ def tree_rss_bytes(root_pid: int) -> int:
         children = [pid for pid, ppid in parents.items() if ppid == parent]
         tree.update(children)
         frontier += children
-    total = 0
+    sizes = [0]
     for pid in tree:
         try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+            sizes.append(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE)
         except (OSError, ValueError, IndexError):
             continue
-    return total
+    return sum(sizes), max(sizes)
 
 
 def run_build(corpus_dir: Path, output_dir: Path, processes: int, backend: str,
@@ -138,12 +140,12 @@ def run_build(corpus_dir: Path, output_dir: Path, processes: int, backend: str,
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE)
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
 
     def sample_memory() -> None:
         while not done.wait(0.1):
-            peak[0] = max(peak[0], tree_rss_bytes(process.pid))
+            peak[:] = map(max, peak, tree_rss_bytes(process.pid))
 
     sampler = threading.Thread(target=sample_memory)
     sampler.start()
@@ -156,8 +158,8 @@ def run_build(corpus_dir: Path, output_dir: Path, processes: int, backend: str,
     if process.returncode != 0:
         sys.exit(f"build failed ({' '.join(command)}):\n{stderr.decode(errors='replace')}")
     summary = json.loads((output_dir / "build_summary.json").read_text())
-    return RunResult(wall, usage.ru_utime + usage.ru_stime, peak[0] / 2**20,
-                     usage.ru_maxrss / 1024, summary["tokens"], summary["sentences"], wall, wall)
+    return RunResult(wall, usage.ru_utime + usage.ru_stime, peak[0] / 2**20, peak[1] / 2**20,
+                     summary["tokens"], summary["sentences"], wall, wall)
 
 
 def tokenizer_throughput(corpus_dir: Path, backend: str) -> float:
