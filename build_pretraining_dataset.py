@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import functools
 import json
 import logging
@@ -334,11 +335,10 @@ def _packed_varints(values: Sequence[int]) -> bytes:
     """The packed varints of non-negative ints. Below 128 a value is its own one-byte varint,
     so `bytes` packs input_mask and segment_ids in C, about 10x faster than joining varints;
     `bytes` fails fast on token ids (above 255), and `isascii` tells a value in 128-255."""
-    try:
-        packed = bytes(values)
-    except ValueError:  # a value above 255
-        return b"".join(map(_VARINTS.__getitem__, values))
-    return packed if packed.isascii() else b"".join(map(_VARINTS.__getitem__, values))
+    with contextlib.suppress(ValueError):  # a value above 255
+        if (packed := bytes(values)).isascii():
+            return packed
+    return b"".join(map(_VARINTS.__getitem__, values))
 
 
 def serialize_example(example: PretrainingExample) -> bytes:
