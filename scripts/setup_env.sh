@@ -23,6 +23,11 @@ if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
   echo "error: Python 3.10 or newer is needed; $python_bin is $("$python_bin" --version 2>&1)" >&2
   exit 1
 fi
+# One set-up at a time per venv: two launchers started together must not run pip into the same
+# folder at once (the second waits, then finds everything installed).
+mkdir -p "$(dirname "$venv_dir")"
+exec {setup_lock}>"$venv_dir.setup-lock"
+flock "$setup_lock"
 if [[ ! -x "$venv_dir/bin/python" ]]; then
   echo "Creating virtual environment in $venv_dir"
   "$python_bin" -m venv "$venv_dir"
@@ -43,6 +48,8 @@ if (( ${#changed[@]} )); then
   "$venv_dir/bin/python" -m pip install --quiet "${args[@]}"
   for r in "${requirements[@]}"; do sha256sum < "$r" > "$venv_dir/.installed-$(basename "$r").sha256"; done
 fi
+flock --unlock "$setup_lock"
+exec {setup_lock}>&-
 export PATH="$venv_dir/bin:$PATH"
 export VIRTUAL_ENV="$venv_dir"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
