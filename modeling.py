@@ -128,20 +128,23 @@ class ElectraLayer(keras.layers.Layer):
         self.output_layer_norm.build((None, None, hidden))
 
     def _split_heads(self, x: tf.Tensor) -> tf.Tensor:
-        """[batch, seq, hidden] -> [batch, seq, heads, head_size]."""
+        """[batch, seq, hidden] -> [batch, heads, seq, head_size]."""
         shape = tf.shape(x)
-        return tf.reshape(x, [shape[0], shape[1], self.config.num_attention_heads, self.config.head_size])
+        x = tf.reshape(x, [shape[0], shape[1], self.config.num_attention_heads, self.config.head_size])
+        return tf.transpose(x, [0, 2, 1, 3])
 
     def self_attention(self, hidden: tf.Tensor, attention_mask: tf.Tensor, training: bool) -> tf.Tensor:
+        """Scores and context as batched matmuls over [batch, heads] (on CPU several times faster
+        than the equivalent einsums on [batch, seq, heads, head_size], which transpose inside)."""
         query = self._split_heads(self.query(hidden)) * tf.cast(
             1.0 / math.sqrt(self.config.head_size), hidden.dtype)
         key = self._split_heads(self.key(hidden))
         value = self._split_heads(self.value(hidden))
-        scores = tf.einsum("bqhd,bkhd->bhqk", query, key)
+        scores = tf.matmul(query, key, transpose_b=True)
         scores = tf.cast(scores, tf.float32) + attention_bias_from_mask(attention_mask)
         probs = tf.nn.softmax(scores, axis=-1)
         probs = self.attention_dropout(tf.cast(probs, hidden.dtype), training=training)
-        context = tf.einsum("bhqk,bkhd->bqhd", probs, value)
+        context = tf.transpose(tf.matmul(probs, value), [0, 2, 1, 3])
         shape = tf.shape(hidden)
         return tf.reshape(context, [shape[0], shape[1], self.config.hidden_size])
 
