@@ -80,33 +80,51 @@ def staged_outputs(output_dir: str | os.PathLike,
     all) are replaced by the staging folder's entries, `completion_mark` moved last; when it
     fails, OUTPUT_DIR is left as it was. Only renames happen in the switch (inside OUTPUT_DIR,
     hence one file system, and no write to its parent folder, which may not be the user's);
-    the previous entries go to OUTPUT_DIR/.previous first and are deleted last. Staging and
-    previous folders left by a killed run are removed on the next run.
+    the previous entries go to OUTPUT_DIR/.previous first and are deleted last. What a killed
+    run left is cleaned up on the next run, the previous outputs restored if it was killed in
+    the middle of the switch.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     staging, previous = output_dir / STAGING_NAME, output_dir / PREVIOUS_NAME
-    for leftover in (staging, previous):
-        if leftover.exists():
-            logger.warning("removing stale temporaries of an interrupted run: %s", leftover)
-            remove_within(output_dir, leftover)
+    if previous.exists():
+        _finish_interrupted_switch(staging, output_dir, previous, owns)
+    if staging.exists():
+        logger.warning("removing stale temporaries of an interrupted run: %s", staging)
+        remove_within(output_dir, staging)
     staging.mkdir()
     try:
         yield staging
-        _switch(staging, output_dir, previous, owns, completion_mark)
-    finally:
+    except BaseException:
         remove_within(output_dir, staging)
-        if previous.exists():
-            remove_within(output_dir, previous)
+        raise
+    _switch(staging, output_dir, previous, owns, completion_mark)  # if it fails, the next run repairs
+    remove_within(output_dir, staging, previous)
+
+
+def _owned_entries(output_dir: Path, owns: Callable[[str], bool]) -> list[Path]:
+    return [p for p in output_dir.iterdir() if p.name not in (STAGING_NAME, PREVIOUS_NAME) and owns(p.name)]
+
+
+def _finish_interrupted_switch(staging: Path, output_dir: Path, previous: Path,
+                               owns: Callable[[str], bool]) -> None:
+    """A run was killed during its switch. If staged entries were still to move, the outputs
+    in place are a mix: put the previous ones back. Otherwise the switch was complete."""
+    if staging.exists() and any(staging.iterdir()):
+        logger.warning("restoring the outputs of %s that a run killed while replacing them had "
+                       "moved to %s", output_dir, previous)
+        remove_within(output_dir, *_owned_entries(output_dir, owns))
+        for path in previous.iterdir():
+            os.replace(path, output_dir / path.name)
+    remove_within(output_dir, previous)
 
 
 def _switch(staging: Path, output_dir: Path, previous: Path, owns: Callable[[str], bool],
             completion_mark: str | None) -> None:
-    """Move the owned entries of `output_dir` to `previous`, then the staged ones in."""
+    """Move the owned entries of `output_dir` to `previous` (the completion mark first), then
+    the staged ones in (the mark last)."""
     previous.mkdir()
-    old = [p for p in output_dir.iterdir() if p.name not in (STAGING_NAME, PREVIOUS_NAME)
-           and owns(p.name)]
-    for path in sorted(old, key=lambda p: p.name != completion_mark):  # the mark goes first
+    for path in sorted(_owned_entries(output_dir, owns), key=lambda p: p.name != completion_mark):
         os.replace(path, previous / path.name)
     for path in sorted(staging.iterdir(), key=lambda p: p.name == completion_mark):
         os.replace(path, output_dir / path.name)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -333,3 +336,100 @@ def test_max_position_embeddings_below_the_sequence_length_is_one_line(built: di
                                                             "--max_seq_length", "32", max_position_embeddings=16)))
     assert (f"max_position_embeddings in {tmp_path / 'config_16.json'} is 16, below --max_seq_length 32: raise it "
             "or pass a smaller --max_seq_length") in error
+
+
+def metrics_records(results: Path) -> dict[int, dict]:
+    lines = (results / "logs" / "metrics.jsonl").read_text().splitlines()
+    return {record["step"]: record for record in map(json.loads, lines)}
+
+
+def checkpoint_tensors(path: Path) -> dict[str, object]:
+    import tensorflow as tf
+
+    return {name: tf.train.load_checkpoint(str(path)).get_tensor(name) for name, _ in tf.train.list_variables(str(path))
+            if not name.startswith(("iterator", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def stop_with_sigterm_after_the_first_log(command: list[str], results: Path, delay: float) -> int:
+    """Start a run, SIGTERM it `delay` seconds after its first metrics line; the step it stopped at."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = results / "logs" / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0 and "SIGTERM received" in stderr, stderr[-3000:]
+    return int(stderr.split("saved a checkpoint at step ")[1].split(",")[0])
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_sigterm_mid_window_logs_what_the_readme_says(austen_tfrecords, tmp_path: Path):
+    """What is identical after SIGTERM and resume (README, "Resuming"): the weights, and every
+    window of --log_freq steps that ran wholly after the resume; the first window after a stop
+    mid-window averages only the steps since the resume, and the stopped run logs no partial
+    window."""
+    import numpy as np
+
+    steps = ("--num_train_steps", "16", "--log_freq", "4", "--save_checkpoints_steps", "100")
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    one_run = run_program(*pretraining_command(tmp_path, austen_tfrecords["train"], straight, *steps))
+    assert one_run.returncode == 0, one_run.stderr[-3000:]
+    seconds_per_step = 4 / metrics_records(straight)[8]["sequences_per_second"]
+    for attempt in range(1, 4):  # until the stop lands mid-window (a signal's timing is not exact)
+        stopped_at = stop_with_sigterm_after_the_first_log(
+            [sys.executable, *pretraining_command(tmp_path, austen_tfrecords["train"], interrupted, *steps)],
+            interrupted, delay=(attempt + 0.5) * seconds_per_step)
+        if stopped_at % 4:
+            break
+        shutil.rmtree(interrupted)
+    assert 4 < stopped_at < 8, stopped_at
+    assert list(metrics_records(interrupted)) == [4]  # no window ends at the stop
+    resumed = run_program(*pretraining_command(tmp_path, austen_tfrecords["train"], interrupted, *steps,
+                                               "--restore_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    final_straight = checkpoint_tensors(straight / "checkpoints" / "ckpt-16")
+    final_resumed = checkpoint_tensors(interrupted / "checkpoints" / "ckpt-16")
+    assert final_straight.keys() == final_resumed.keys() and len(final_straight) > 50
+    for name, value in final_straight.items():
+        np.testing.assert_allclose(final_resumed[name], value, atol=1e-6, err_msg=name)
+    logged, expected = metrics_records(interrupted), metrics_records(straight)
+    assert list(logged) == list(expected) == [4, 8, 12, 16]
+    timing = ("sequences_per_second", "skipped_steps")  # a measurement; a count of this invocation's steps
+    for step, record in logged.items():
+        whole_window = step - 4 >= stopped_at or step == 4
+        for name, value in record.items():
+            if name in timing:
+                continue
+            if whole_window or name in ("learning_rate", "gradient_norm", "loss_scale", "step"):
+                assert value == pytest.approx(expected[step][name], rel=1e-5, abs=1e-6), (step, name)
+    # The stop was mid-window: the first window after the resume covers only the steps since it.
+    assert logged[8]["total_loss"] != pytest.approx(expected[8]["total_loss"], rel=1e-5)
+
+
+def test_staged_outputs_repair_what_a_run_killed_during_its_switch_left(tmp_path: Path):
+    """A kill between the renames of the switch leaves old entries in .previous, some new ones in
+    place and the rest staged: the next run puts the old ones back. A kill after the last rename
+    leaves only .previous: the next run deletes it and keeps the new outputs."""
+    output = tmp_path / "out"
+    (output / safe_io.PREVIOUS_NAME).mkdir(parents=True)
+    (output / safe_io.STAGING_NAME).mkdir()
+    (output / safe_io.PREVIOUS_NAME / "data-0").write_text("old 0")
+    (output / safe_io.PREVIOUS_NAME / "done").write_text("old mark")
+    (output / "data-0").write_text("new 0")  # moved in before the kill
+    (output / safe_io.STAGING_NAME / "done").write_text("new mark")  # still to move
+    (output / "notes.txt").write_text("not owned")
+    owned = {"data-0", "done"}.__contains__
+    with pytest.raises(RuntimeError, match="this run fails too"):
+        with safe_io.staged_outputs(output, owned, "done"):
+            raise RuntimeError("this run fails too")
+    assert tree_bytes(output) == {"data-0": b"old 0", "done": b"old mark", "notes.txt": b"not owned"}
+
+    (output / safe_io.PREVIOUS_NAME).mkdir()
+    (output / safe_io.PREVIOUS_NAME / "data-0").write_text("older")
+    with safe_io.staged_outputs(output, owned, "done") as staging:
+        (staging / "data-0").write_text("newest")
+        (staging / "done").write_text("newest mark")
+    assert tree_bytes(output) == {"data-0": b"newest", "done": b"newest mark", "notes.txt": b"not owned"}
