@@ -433,3 +433,27 @@ def test_staged_outputs_repair_what_a_run_killed_during_its_switch_left(tmp_path
         (staging / "data-0").write_text("newest")
         (staging / "done").write_text("newest mark")
     assert tree_bytes(output) == {"data-0": b"newest", "done": b"newest mark", "notes.txt": b"not owned"}
+
+
+def test_a_failed_formatting_keeps_the_previous_formatted_text_and_shards(tmp_path: Path):
+    """A rerun of text_formatting that meets a file that is not UTF-8 halfway used to leave a
+    truncated formatted file."""
+    import dataPrep
+
+    data_dir, good, bad = tmp_path / "data", tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    (good / "a.txt").write_text("One document of two sentences. Here is the second.\n\nAnother one.\n")
+    (bad / "a.txt").write_text("A readable first file.\n")
+    (bad / "b.txt").write_bytes(b"caf\xe9 au lait\n")
+
+    def data_prep(action: str, *extra: str) -> int:
+        return dataPrep.main(["--action", action, "--dataset", "custom", "--data-dir", str(data_dir),
+                              "--n_processes", "1", "--n_training_shards", "1", "--n_test_shards", "0",
+                              "--fraction_test_set", "0", *extra])
+
+    assert data_prep("text_formatting", "--input_files", str(good)) == 0
+    assert data_prep("sharding") == 0
+    before = tree_bytes(data_dir)
+    assert data_prep("text_formatting", "--input_files", str(bad)) == 1
+    assert tree_bytes(data_dir) == before
