@@ -47,6 +47,8 @@ from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import numpy as np
 
+from json_input import JsonInputError, parse_json_bytes
+
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
@@ -128,6 +130,25 @@ def answer_matches_context(context: str, answer: Answer) -> bool:
     return 0 <= answer.start and context[answer.start:answer.end] == answer.text
 
 
+def invalid_unicode(text: str) -> str | None:
+    """What makes `text` unusable as Unicode text, or None: a lone surrogate, which a JSON
+    escape like "\\ud800" without its pair gives, or which stands for a byte that is not UTF-8
+    in a command-line argument (Python's surrogateescape). No tokenizer or file encoder takes it."""
+    match = _SURROGATE.search(text)
+    if match is None:
+        return None
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        what = f"a lone surrogate \\u{code:04x} (a byte 0x{code - 0xDC00:02x} that is not UTF-8)"
+    else:
+        what = f"a lone surrogate \\u{code:04x}"
+    return (f"{what} at character {match.start()}: not valid Unicode text (in JSON, \\ud800-\\udbff "
+            "must be followed by \\udc00-\\udfff)")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def read_squad_file(path: str | os.PathLike) -> SquadData:
     """Read and check a SQuAD v1.1 / v2.0 JSON file."""
     return parse_squad_json(_read_bytes(path), str(path))
@@ -164,14 +185,9 @@ def parse_squad_json(raw: bytes, source: str) -> SquadData:
 
 def _decode_json(raw: bytes, source: str) -> Any:
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise SquadFormatError(f"{source}: not UTF-8 text ({error})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SquadFormatError(f"{source}: malformed JSON at line {error.lineno} column "
-                               f"{error.colno}: {error.msg}") from None
+        return parse_json_bytes(raw)
+    except JsonInputError as error:
+        raise SquadFormatError(f"{source}: {error}") from None
 
 
 def _read_paragraph(schema: _Schema, paragraph: Any, where: str, title: str, stats: ReadStats,
@@ -259,6 +275,9 @@ class _Schema:
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise SquadFormatError(f"{self.source}: {where}: \"{key}\" should be "
                                    f"{_JSON_TYPE_NAMES[expected]}, got {_json_type(value)}")
+        problem = invalid_unicode(value) if expected is str else None
+        if problem:
+            raise SquadFormatError(f"{self.source}: {where}: \"{key}\" holds {problem}")
         return value
 
 
@@ -410,14 +429,19 @@ def doc_windows(num_tokens: int, max_tokens_per_window: int, doc_stride: int) ->
 
 def max_context_windows(windows: Sequence[tuple[int, int]], num_tokens: int) -> np.ndarray:
     """For each context token, the window where it has the most context: BERT's score
-    min(tokens left, tokens right) + 0.01 x window length, the first window winning ties."""
-    positions = np.arange(num_tokens)
-    scores = np.full((len(windows), num_tokens), -np.inf)
+    min(tokens left, tokens right) + 0.01 x window length, the first window winning ties.
+
+    Each window only scores its own tokens, so time and memory grow with the total length of
+    the windows (the context length x max_seq_length / doc_stride), not windows x tokens."""
+    best_window = np.zeros(num_tokens, dtype=np.int64)
+    best_score = np.full(num_tokens, -np.inf)
     for index, (start, length) in enumerate(windows):
-        inside = positions[start:start + length]
-        scores[index, start:start + length] = (np.minimum(inside - start, start + length - 1 - inside)
-                                               + 0.01 * length)
-    return scores.argmax(axis=0)
+        inside = np.arange(start, start + length)
+        score = np.minimum(inside - start, start + length - 1 - inside) + 0.01 * length
+        better = score > best_score[start:start + length]  # strictly: an earlier window keeps a tie
+        best_score[start:start + length][better] = score[better]
+        best_window[start:start + length][better] = index
+    return best_window
 
 
 def char_span_to_token_span(offsets: np.ndarray, start_char: int, end_char: int) -> tuple[int, int] | None:
