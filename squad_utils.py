@@ -130,23 +130,22 @@ def answer_matches_context(context: str, answer: Answer) -> bool:
     return 0 <= answer.start and context[answer.start:answer.end] == answer.text
 
 
-def invalid_unicode(text: str) -> str | None:
-    """What makes `text` unusable as Unicode text, or None: a lone surrogate, which a JSON
-    escape like "\\ud800" without its pair gives, or which stands for a byte that is not UTF-8
-    in a command-line argument (Python's surrogateescape). No tokenizer or file encoder takes it."""
+def lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate in `text`, or None. No tokenizer or UTF-8 file
+    takes one; a JSON escape like "\\ud800" without its pair gives one, and so does a byte that
+    is not UTF-8 in a command-line argument (Python's surrogateescape: byte 0xff is U+DCFF)."""
     match = _SURROGATE.search(text)
-    if match is None:
-        return None
-    code = ord(match.group())
-    if 0xDC80 <= code <= 0xDCFF:
-        what = f"a lone surrogate \\u{code:04x} (a byte 0x{code - 0xDC00:02x} that is not UTF-8)"
-    else:
-        what = f"a lone surrogate \\u{code:04x}"
-    return (f"{what} at character {match.start()}: not valid Unicode text (in JSON, \\ud800-\\udbff "
-            "must be followed by \\udc00-\\udfff)")
+    return None if match is None else match.start()
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def is_empty_after_normalisation(tokenizer: TokenizerLike, text: str) -> bool:
+    """Whether nothing of `text` is left once the tokenizer has normalised it (whitespace,
+    control and zero-width characters go, and accents when uncased): the one definition of an
+    empty question or context. Featurization skips contexts that are empty in this sense."""
+    return not tokenizer.encode_batch_ids([text])[0]
 
 
 def read_squad_file(path: str | os.PathLike) -> SquadData:
@@ -275,9 +274,12 @@ class _Schema:
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise SquadFormatError(f"{self.source}: {where}: \"{key}\" should be "
                                    f"{_JSON_TYPE_NAMES[expected]}, got {_json_type(value)}")
-        problem = invalid_unicode(value) if expected is str else None
-        if problem:
-            raise SquadFormatError(f"{self.source}: {where}: \"{key}\" holds {problem}")
+        position = lone_surrogate(value) if expected is str else None
+        if position is not None:
+            raise SquadFormatError(
+                f"{self.source}: {where}: \"{key}\" holds the lone surrogate \\u{ord(value[position]):04x} at "
+                f"character {position}: not valid Unicode (in JSON, an escape \\ud800-\\udbff must be followed "
+                "by one of \\udc00-\\udfff)")
         return value
 
 
@@ -387,7 +389,7 @@ def featurize_examples(examples: Sequence[SquadExample], tokenizer: TokenizerLik
     questions = tokenizer.encode_batch_ids([e.question for e in examples])
     for example_index, (example, query) in enumerate(zip(examples, questions)):
         context_ids, offsets = contexts.get(example.context)
-        if len(context_ids) == 0:
+        if len(context_ids) == 0:  # as is_empty_after_normalisation
             _count_skip(stats, "empty context")
             continue
         answer_span = _first_answer_token_span(example, offsets)
@@ -455,6 +457,14 @@ def char_span_to_token_span(offsets: np.ndarray, start_char: int, end_char: int)
     if overlapping.size == 0:
         return None
     return int(overlapping[0]), int(overlapping[-1])
+
+
+def check_beam_fits(beam_size: int, max_seq_length: int) -> None:
+    """The joint head's beam takes `beam_size` of a window's positions, so it cannot be wider
+    than the window."""
+    if beam_size > max_seq_length:
+        raise ValueError(f"beam_size {beam_size} exceeds max_seq_length {max_seq_length}: the joint head picks "
+                         f"its beam among the positions of a window; use a beam of at most {max_seq_length}")
 
 
 def _first_answer_token_span(example: SquadExample, offsets: np.ndarray) -> tuple[int, int] | str | None:
