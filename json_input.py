@@ -37,8 +37,8 @@ def parse_json_bytes(raw: bytes, max_nesting: int = MAX_NESTING) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise JsonInputError(f"malformed JSON at line {error.lineno} column {error.colno}: {error.msg}") from None
-    except ValueError as error:  # e.g. an integer of more than 4300 digits
-        raise JsonInputError(f"malformed JSON: {error}") from None
+    except ValueError as error:  # an integer of more than 4300 digits (its advice to raise the limit left out)
+        raise JsonInputError(f"malformed JSON: {str(error).split(';')[0]}") from None
 
 
 def check_nesting(raw: bytes, max_nesting: int) -> None:
