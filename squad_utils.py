@@ -1,7 +1,8 @@
 """SQuAD v1.1 / v2.0 for ELECTRA fine-tuning (SPEC section 7), in NumPy only.
 
 Four steps, each usable alone:
-- reading: `read_squad_file` checks the JSON schema (one clear error naming the file and the
+- reading: `read_squad_file` checks the JSON (nesting bounded before parsing, see `json_input`),
+  the schema and that every string is valid Unicode (one clear error naming the file and the
   entry) and returns `SquadExample`s; answers whose `answer_start` does not point at their text
   and empty contexts are counted and reported, not fatal.
 - featurization: `featurize_examples` lays out `[CLS] question [SEP] context-window [SEP]`
