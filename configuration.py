@@ -73,11 +73,10 @@ def read_json_file(path: str) -> Any:
     """A config file's JSON value; one `ConfigError` naming the file if it cannot be read."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, "rb") as f:
-            return parse_json_bytes(f.read())
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+        return parse_json_bytes(raw)
     except JsonInputError as error:
         raise ConfigError(f"{path}: not valid JSON ({error})") from None
 
