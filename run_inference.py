@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import run_utils  # noqa: E402
 import squad_utils  # noqa: E402
 from model_folder import read_qa_head_settings  # noqa: E402
 from run_tf_squad import (check_head_is_trained, check_vocab_fits, decode_config, load_qa_model,  # noqa: E402
@@ -50,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
                         help="lower-case and strip accents (uncased models)")
     return parser
+
+
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Counts and lengths below 1 would give no answer at all, silently."""
+    run_utils.require_at_least_one(parser, args, ("n_best_size", "max_answer_length", "max_seq_length",
+                                                  "doc_stride"))
+    if args.beam_size is not None:
+        run_utils.require_at_least_one(parser, args, ("beam_size",))
 
 
 def resolve_head_settings(args: argparse.Namespace, folder: str) -> None:
@@ -113,7 +122,7 @@ def answer(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = run_utils.parse_checked(build_parser(), validate_args, argv)
     try:
         result = answer(args)
     except (FileNotFoundError, ValueError) as error:

@@ -173,3 +173,12 @@ def test_run_tf_squad_takes_the_architecture_from_electra_model(tiny_qa: Path, t
                                   *FEATURE_FLAGS, *extra]) == 0
     for result in ("predictions.json", "nbest_predictions.json", "eval_results.json"):
         assert (outputs["with_config"] / result).read_text() == (outputs["electra_model"] / result).read_text()
+
+
+@pytest.mark.parametrize("flag", ["--n_best_size", "--max_answer_length", "--max_seq_length", "--doc_stride",
+                                  "--beam_size"])
+def test_counts_below_one_are_refused_when_flags_are_parsed(tiny_qa: Path, flag: str, capsys: pytest.CaptureFixture):
+    with pytest.raises(SystemExit) as exit_code:
+        run_inference.main(inference_args(tiny_qa, QUESTION, CONTEXT, flag, "0"))
+    assert exit_code.value.code == 2
+    assert f"{flag} must be at least 1" in capsys.readouterr().err
