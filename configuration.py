@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from json_input import JsonInputError, parse_json_bytes
+from safe_io import UserError
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
@@ -65,7 +66,7 @@ _FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
 _FIXED_KEYS = {"model_type": "electra", "position_embedding_type": "absolute"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration file or value that cannot describe an ELECTRA model."""
 
 

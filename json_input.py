@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from safe_io import UserError
+
 MAX_NESTING = 100
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 _NESTING_STEP = np.zeros(256, dtype=np.int8)  # +1 for each byte that opens a list or object, -1 closes
@@ -21,7 +23,7 @@ _NESTING_STEP[[ord("["), ord("{")]] = 1
 _NESTING_STEP[[ord("]"), ord("}")]] = -1
 
 
-class JsonInputError(ValueError):
+class JsonInputError(UserError):
     """A file that is not UTF-8 JSON within the nesting bound; the message has no file name
     (callers prefix theirs)."""
 

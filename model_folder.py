@@ -25,6 +25,7 @@ from safetensors.numpy import load_file, save_file
 from configuration import ElectraConfig, is_positive_integer, read_json_file
 from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraGenerator, ElectraLayer,
                       ElectraModel, JointQAHead)
+from safe_io import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ QA_HEAD_SETTINGS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UserError):
     """A model folder whose files do not fit the model they are loaded into."""
 
 

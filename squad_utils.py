@@ -49,6 +49,7 @@ from typing import Any, BinaryIO, NamedTuple, Protocol
 import numpy as np
 
 from json_input import JsonInputError, parse_json_bytes
+from safe_io import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class TokenizerLike(Protocol):
 
 # ============================================================================= reading
 
-class SquadFormatError(ValueError):
+class SquadFormatError(UserError):
     """A SQuAD file that is not valid JSON or does not follow the SQuAD schema."""
 
 
