@@ -5,7 +5,18 @@
 # Environment: PYTHON (interpreter to build the venv with, default python3),
 #              ELECTRA_VENV (venv folder, default <repo>/.venv).
 # Installs a requirements file only when it changed since its last install (hash stamps).
+# In the project's container image (ELECTRA_IN_CONTAINER=1, set by the Dockerfile) it installs
+# nothing: the image's Python environment, first on PATH, has TensorFlow, Horovod and the rest.
 set -euo pipefail
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+if [[ "${ELECTRA_IN_CONTAINER:-}" == 1 ]]; then
+  if [[ "${1:-}" == "--test" ]]; then
+    echo "error: the container image has the runtime requirements only; run the tests outside it" >&2
+    exit 1
+  fi
+  return 0
+fi
 
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv_dir="${ELECTRA_VENV:-$repo_dir/.venv}"
@@ -52,4 +63,3 @@ flock --unlock "$setup_lock"
 exec {setup_lock}>&-
 export PATH="$venv_dir/bin:$PATH"
 export VIRTUAL_ENV="$venv_dir"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
