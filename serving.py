@@ -149,9 +149,11 @@ class GraphTokenizer(tf.Module):
         self.range_starts = tf.constant(table.starts, tf.int32)
         self.range_classes = tf.constant(table.classes, tf.int32)
         self.range_marks = tf.constant(table.marks, tf.bool)
-        codes = np.fromiter(table.pieces.keys(), np.int64, len(table.pieces))
+        # A table may not be empty (cased tokenizers change no character): -1 is no code point.
+        pieces = {-1: "", **table.pieces}
         self.pieces = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(codes), tf.constant(list(table.pieces.values()))),
+            tf.lookup.KeyValueTensorInitializer(tf.constant(list(pieces), tf.int64),
+                                                tf.constant(list(pieces.values()), tf.string)),
             default_value="")
         self.unknown_token = tokenizer.inv_vocab[tokenizer.unk_id]
         self.wordpiece = tf_text.FastWordpieceTokenizer(
@@ -438,7 +440,7 @@ class QuestionAnswering(tf.Module):
             return model(inputs["input_ids"], inputs["input_mask"], inputs["segment_ids"], p_mask=inputs["p_mask"],
                          training=False)
 
-        self.run_model = tf.function(model_outputs, jit_compile=config.jit_compile)
+        self.run_model = tf.function(model_outputs, jit_compile=config.jit_compile, autograph=False)
 
     def spans(self, question_ids: tf.RaggedTensor, context_ids: tf.RaggedTensor) -> BestSpans:
         """The best span of each question, in context token indices."""
@@ -461,7 +463,7 @@ class QuestionAnswering(tf.Module):
             outputs["null_odds"] = tf.cast(best.null_odds, tf.float32)
         return outputs
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="question"),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="question"),
                                   tf.TensorSpec([None], tf.string, name="context")])
     def answer_text(self, question: tf.Tensor, context: tf.Tensor) -> dict[str, tf.Tensor]:
         """Answers cut out of the contexts: `answer`, its character span `start`/`end`, ..."""
@@ -480,7 +482,7 @@ class QuestionAnswering(tf.Module):
         answer = tf.where(best.answered, tf.strings.substr(context, byte_first, byte_end - byte_first, unit="BYTE"), "")
         return {"answer": answer, "start": first, "end": end, **self._common_outputs(best)}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="question_ids"),
+    @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, None], tf.int32, name="question_ids"),
                                   tf.TensorSpec([None, None], tf.int32, name="context_ids")])
     def answer_token_ids(self, question_ids: tf.Tensor, context_ids: tf.Tensor) -> dict[str, tf.Tensor]:
         """Answers as context token indices, from WordPiece ids ([PAD] ids are left out)."""
