@@ -47,8 +47,10 @@ WORKDIR /workspace/electra
 
 # Runtime dependencies, with the image's TensorFlow left in place (requirements-docker.txt is
 # requirements.txt without tensorflow-cpu); then check that it still is the GPU build.
-COPY requirements-docker.txt ./
+COPY requirements-docker.txt requirements-nodeps.txt ./
 RUN python -m pip install --no-cache-dir -r requirements-docker.txt \
+ && python -m pip install --no-cache-dir --no-deps -r requirements-nodeps.txt \
+ && python -c "import tensorflow_text" \
  && ! python -m pip show --quiet tensorflow-cpu 2>/dev/null \
  && python -c "import tensorflow as tf; v = tf.__version__; \
                 assert v == '${TF_VERSION}' and tf.test.is_built_with_cuda(), v"

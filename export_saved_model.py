@@ -11,6 +11,7 @@ run_inference.py's defaults. See docs/serving.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
@@ -27,9 +28,16 @@ from modeling import ElectraForQuestionAnswering  # noqa: E402
 from tokenization import WordPieceTokenizer  # noqa: E402
 
 logger = logging.getLogger("export_saved_model")
-FEATURE_DEFAULTS = squad_utils.FeatureConfig()
-DECODE_DEFAULTS = squad_utils.DecodeConfig()
 VOCAB_FILE = "vocab.txt"
+# The decoding and featurization settings that are flags (the head's come from the folder).
+SETTING_HELP = {
+    "null_score_diff_threshold": "no answer when the null odds exceed this (SQuAD 2.0 models)",
+    "n_best_size": "plain head: the top starts and the top ends paired into candidates",
+    "max_answer_length": "longest answer in tokens",
+    "max_seq_length": "WordPiece tokens per window (at most the model's max_position_embeddings)",
+    "doc_stride": "tokens between the starts of consecutive windows",
+    "max_query_length": "questions are cut to this many tokens",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,18 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
                         help="lower-case and strip accents (uncased models)")
     parser.add_argument("--beam_size", type=int, default=None, help="joint head beam (default: the folder's)")
-    parser.add_argument("--null_score_diff_threshold", type=float, default=DECODE_DEFAULTS.null_score_diff_threshold,
-                        help="no answer when the null odds exceed this (SQuAD 2.0 models)")
-    parser.add_argument("--n_best_size", type=int, default=DECODE_DEFAULTS.n_best_size,
-                        help="plain head: the top starts and the top ends paired into candidates")
-    parser.add_argument("--max_answer_length", type=int, default=DECODE_DEFAULTS.max_answer_length,
-                        help="longest answer in tokens")
-    parser.add_argument("--max_seq_length", type=int, default=FEATURE_DEFAULTS.max_seq_length,
-                        help="WordPiece tokens per window (at most the model's max_position_embeddings)")
-    parser.add_argument("--doc_stride", type=int, default=FEATURE_DEFAULTS.doc_stride,
-                        help="tokens between the starts of consecutive windows")
-    parser.add_argument("--max_query_length", type=int, default=FEATURE_DEFAULTS.max_query_length,
-                        help="questions are cut to this many tokens")
+    for config in (squad_utils.DecodeConfig, squad_utils.FeatureConfig):  # their defaults, run_inference.py's
+        for field in dataclasses.fields(config):
+            if field.name in SETTING_HELP:
+                parser.add_argument(f"--{field.name}", type=type(field.default), default=field.default,
+                                    help=SETTING_HELP[field.name])
     run_utils.add_precision_flags(parser, xla_help="XLA-compile the encoder and head (TF Serving on CPU then "
                                                    "needs --xla_cpu_compilation_enabled=true)")
     return parser

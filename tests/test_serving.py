@@ -259,11 +259,10 @@ def test_saved_model_answers_as_run_inference(version: str, saved_models: dict[s
             assert answer["null_odds"] == pytest.approx(expected["null_odds"], abs=1e-4)
             assert answer["no_answer"] == (answer["answer"] == "")
     assert mismatches == [], f"{len(mismatches)} of {len(got)} answers differ"
-    texts = [a["answer"] for a in got]
-    # Real answers: mostly names, many different ones; SQuAD 2.0 abstains on about half.
-    assert len(set(texts)) > len(texts) // 4
-    answered = sum(bool(t) for t in texts) / len(texts)
-    assert answered == 1.0 if version == "1.1" else 0.3 < answered < 0.7
+    # Real answers: many different spans (mostly names); SQuAD 2.0 abstains on about half.
+    answers = [a["answer"] for a in got if a["answer"]]
+    assert len(set(answers)) >= 40
+    assert len(answers) == len(got) if version == "1.1" else 0.3 < len(answers) / len(got) < 0.7
 
 
 @pytest.mark.slow
