@@ -89,6 +89,7 @@ def serving_config(args: argparse.Namespace, head: dict, max_position_embeddings
 
 
 def export(args: argparse.Namespace) -> None:
+    serving.check_output_dir(args.output_dir, args.overwrite)  # before the minute the export takes
     folder = args.init_checkpoint
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"model folder not found: {folder} (expected run_tf_squad.py's OUTPUT_DIR/model)")

@@ -496,9 +496,7 @@ def export(model: ElectraForQuestionAnswering, tokenizer: WordPieceTokenizer, co
            output_dir: str, overwrite: bool = False) -> None:
     """Write the SavedModel to output_dir (through a temporary folder beside it, so a failed
     export leaves a previous one as it was); the vocabulary and the settings go to its assets."""
-    if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
-        raise ValueError(f"{output_dir} already holds files; pass --overwrite to replace them or choose "
-                         "another --output_dir")
+    check_output_dir(output_dir, overwrite)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     module = QuestionAnswering(model, tokenizer, character_table(tokenizer), config)
@@ -518,6 +516,13 @@ def export(model: ElectraForQuestionAnswering, tokenizer: WordPieceTokenizer, co
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Wrote the SavedModel %s", output_dir)
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> None:
+    """A folder that already holds files is replaced only on request."""
+    if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
+        raise ValueError(f"{output_dir} already holds files; pass --overwrite to replace them or choose "
+                         "another --output_dir")
 
 
 def _replace_folder(source: str, destination: str) -> None:
