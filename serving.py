@@ -166,48 +166,14 @@ class GraphTokenizer(tf.Module):
 
     def tokenize(self, texts: tf.Tensor) -> Tokens:
         code_points = tf.strings.unicode_decode(texts, "UTF-8")
-        codes = code_points.flat_values
-        char_row = code_points.value_rowids()
-        ranges = tf.searchsorted(self.range_starts, codes, side="right") - 1
-        classes = tf.gather(self.range_classes, ranges)
-        marks = tf.gather(self.range_marks, ranges)
-        chars = tf.strings.unicode_encode(codes[:, tf.newaxis], "UTF-8")
-        mapped = self.pieces.lookup(tf.cast(codes, tf.int64))
-        pieces = tf.where(mapped == "", chars, mapped)
-
-        # Dropped characters vanish (a word goes on across them); whitespace ends a word; an
-        # isolated character is a word of its own.
-        kept = tf.where(classes != DROP)[:, 0]
-        kept_class, kept_row = tf.gather(classes, kept), tf.gather(char_row, kept)
-        follows_word_char = (_previous(kept_class, SPACE) == WORD) & (_previous(kept_row, -1) == kept_row)
-        starts_word = (kept_class == ISOLATED) | ((kept_class == WORD) & ~follows_word_char)
-        in_word = (kept_class == WORD) | (kept_class == ISOLATED)
-        word_chars = tf.boolean_mask(kept, in_word)  # flat character indices, word by word
-        word_of_char = tf.cumsum(tf.cast(tf.boolean_mask(starts_word, in_word), tf.int64)) - 1
-        num_words = tf.reduce_sum(tf.cast(starts_word, tf.int64))
-        char_pieces = tf.gather(pieces, word_chars)
-        words = tf.strings.unsorted_segment_join(char_pieces, word_of_char, num_words)
-        word_first_char = tf.math.unsorted_segment_min(word_chars, word_of_char, num_words)
-        word_row = tf.gather(char_row, word_first_char)
-
-        # WordPiece; a word of more than MAX_INPUT_CHARS_PER_WORD characters is one [UNK] over it all.
-        word_bytes = tf.strings.length(words, unit="BYTE")
-        too_long = tf.strings.length(words, unit="UTF8_CHAR") > MAX_INPUT_CHARS_PER_WORD
-        ids, starts, ends = self.wordpiece.tokenize_with_offsets(tf.where(too_long, self.unknown_token, words))
-        token_word = ids.value_rowids()
-        token_start = tf.cast(starts.flat_values, tf.int64)
-        token_end = tf.where(tf.gather(too_long, token_word), tf.cast(tf.gather(word_bytes, token_word), tf.int64),
-                             tf.cast(ends.flat_values, tf.int64))
-
+        classes, marks, pieces = self._look_up(code_points.flat_values)
+        words = _words(classes, pieces, code_points.value_rowids())
+        ids, token_word, token_start, token_end = self._wordpiece(words.text)
         # Byte offsets in a normalised word -> the original characters they came from.
-        piece_end = tf.cumsum(tf.cast(tf.strings.length(char_pieces, unit="BYTE"), tf.int64))
-        word_base = tf.gather(piece_end - tf.cast(tf.strings.length(char_pieces, unit="BYTE"), tf.int64),
-                              tf.math.unsorted_segment_min(tf.range(tf.size(word_chars, out_type=tf.int64)),
-                                                           word_of_char, num_words))
-        base = tf.gather(word_base, token_word)
-        first = tf.gather(word_chars, tf.searchsorted(piece_end, base + token_start, side="right"))
-        last = tf.gather(word_chars, tf.searchsorted(piece_end, base + token_end - 1, side="right"))
-        token_row = tf.gather(word_row, token_word)
+        base = tf.gather(words.first_byte, token_word)
+        first = tf.gather(words.chars, tf.searchsorted(words.piece_end, base + token_start, side="right"))
+        last = tf.gather(words.chars, tf.searchsorted(words.piece_end, base + token_end - 1, side="right"))
+        token_row = tf.gather(words.row, token_word)
         end = _past_marks(last + 1, marks, tf.gather(code_points.row_splits[1:], token_row))
         row_start = tf.gather(_row_starts(code_points), token_row)
         num_texts = tf.shape(texts, out_type=tf.int64)[0]
@@ -215,8 +181,58 @@ class GraphTokenizer(tf.Module):
         def per_text(values: tf.Tensor) -> tf.RaggedTensor:
             return tf.RaggedTensor.from_value_rowids(values, token_row, nrows=num_texts)
 
-        return Tokens(ids=per_text(ids.flat_values), char_start=per_text(first - row_start),
-                      char_end=per_text(end - row_start))
+        return Tokens(ids=per_text(ids), char_start=per_text(first - row_start), char_end=per_text(end - row_start))
+
+    def _look_up(self, codes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Each character's class, whether it is a combining mark, and its normalised text."""
+        ranges = tf.searchsorted(self.range_starts, codes, side="right") - 1
+        mapped = self.pieces.lookup(tf.cast(codes, tf.int64))
+        pieces = tf.where(mapped == "", tf.strings.unicode_encode(codes[:, tf.newaxis], "UTF-8"), mapped)
+        return tf.gather(self.range_classes, ranges), tf.gather(self.range_marks, ranges), pieces
+
+    def _wordpiece(self, words: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Flat token ids, their word and their byte span in it; a word of more than
+        MAX_INPUT_CHARS_PER_WORD characters is one [UNK] over all of it."""
+        too_long = tf.strings.length(words, unit="UTF8_CHAR") > MAX_INPUT_CHARS_PER_WORD
+        ids, starts, ends = self.wordpiece.tokenize_with_offsets(tf.where(too_long, self.unknown_token, words))
+        token_word = ids.value_rowids()
+        word_bytes = tf.cast(tf.gather(tf.strings.length(words, unit="BYTE"), token_word), tf.int64)
+        token_end = tf.where(tf.gather(too_long, token_word), word_bytes, tf.cast(ends.flat_values, tf.int64))
+        return ids.flat_values, token_word, tf.cast(starts.flat_values, tf.int64), token_end
+
+
+@dataclass
+class Words:
+    """The words of a batch of texts ([num_words]): normalised `text`, the text they belong to
+    (`row`), and the byte offset of each in the concatenation of all words (`first_byte`); for
+    their characters, word by word ([num_word_chars]): the flat index of each in the batch
+    (`chars`) and the end of its normalised text in that concatenation (`piece_end`)."""
+
+    text: tf.Tensor
+    row: tf.Tensor
+    first_byte: tf.Tensor
+    chars: tf.Tensor
+    piece_end: tf.Tensor
+
+
+def _words(classes: tf.Tensor, pieces: tf.Tensor, char_row: tf.Tensor) -> Words:
+    """BERT's pre-tokenization of classified characters: dropped characters vanish (a word goes
+    on across them), whitespace ends a word, an isolated character is a word of its own."""
+    kept = tf.where(classes != DROP)[:, 0]
+    kept_class, kept_row = tf.gather(classes, kept), tf.gather(char_row, kept)
+    follows_word_char = (_previous(kept_class, SPACE) == WORD) & (_previous(kept_row, -1) == kept_row)
+    starts_word = (kept_class == ISOLATED) | ((kept_class == WORD) & ~follows_word_char)
+    in_word = (kept_class == WORD) | (kept_class == ISOLATED)
+    chars = tf.boolean_mask(kept, in_word)
+    word_of_char = tf.cumsum(tf.cast(tf.boolean_mask(starts_word, in_word), tf.int64)) - 1
+    num_words = tf.reduce_sum(tf.cast(starts_word, tf.int64))
+    char_pieces = tf.gather(pieces, chars)
+    piece_bytes = tf.cast(tf.strings.length(char_pieces, unit="BYTE"), tf.int64)
+    piece_end = tf.cumsum(piece_bytes)
+    first_char = tf.math.unsorted_segment_min(tf.range(tf.size(chars, out_type=tf.int64)), word_of_char, num_words)
+    return Words(text=tf.strings.unsorted_segment_join(char_pieces, word_of_char, num_words),
+                 row=tf.gather(char_row, tf.gather(chars, first_char)),
+                 first_byte=tf.gather(piece_end - piece_bytes, first_char), chars=chars, piece_end=piece_end)
 
 
 def _past_marks(end: tf.Tensor, marks: tf.Tensor, text_end: tf.Tensor) -> tf.Tensor:
