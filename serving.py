@@ -267,9 +267,7 @@ class ServingConfig:
     compute_dtype: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
-        return {"features": dataclasses.asdict(self.features), "decode": dataclasses.asdict(self.decode),
-                "joint_head": self.joint_head, "beam_size": self.beam_size, "jit_compile": self.jit_compile,
-                "compute_dtype": self.compute_dtype}
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -464,9 +462,7 @@ class QuestionAnswering(tf.Module):
         inputs = windows.inputs
         num_windows = tf.shape(inputs["input_ids"])[0]
         if self.config.jit_compile:  # one compilation per power of two windows, not per count
-            bucket = tf.cast(2 ** tf.math.ceil(tf.math.log(tf.cast(tf.maximum(num_windows, 1), tf.float32))
-                                               / np.log(2.0)), tf.int32)
-            inputs = {name: tf.pad(value, [[0, bucket - num_windows], [0, 0]]) for name, value in inputs.items()}
+            inputs = {name: _pad_rows_to_power_of_two(value) for name, value in inputs.items()}
         outputs = {name: value[:num_windows] for name, value in self.run_model(inputs).items()}
         candidates = (joint_candidates(outputs) if self.config.joint_head
                       else plain_candidates(outputs, self.config.decode.n_best_size))
@@ -480,32 +476,44 @@ class QuestionAnswering(tf.Module):
         return outputs
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None], tf.string, name="question"),
-                                  tf.TensorSpec([None], tf.string, name="context")])
+                                                   tf.TensorSpec([None], tf.string, name="context")])
     def answer_text(self, question: tf.Tensor, context: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Answers cut out of the contexts: `answer`, its character span `start`/`end`, ..."""
+        """Answers cut out of the contexts: `answer`, its character span `start`/`end` (-1
+        without an answer), `score` and, for SQuAD 2.0, `no_answer` and `null_odds`."""
         tokens = self.tokenizer.tokenize(context)
         best = self.spans(self.tokenizer.ids(question), tokens.ids)
         token_base = _row_starts(tokens.ids)
         first = _safe_gather(tokens.char_start.flat_values, token_base + best.first_token, best.answered, -1)
         end = _safe_gather(tokens.char_end.flat_values, token_base + best.last_token, best.answered, -1)
-        chars, byte_starts = tf.strings.unicode_decode_with_offsets(context, "UTF-8")
-        byte_base = _row_starts(byte_starts)
-        text_bytes = tf.strings.length(context, unit="BYTE")
-        byte_first = _safe_gather(byte_starts.flat_values, byte_base + first, best.answered, 0)
-        byte_end = _safe_gather(byte_starts.flat_values, byte_base + end, best.answered & (end < chars.row_lengths()),
-                                0)
-        byte_end = tf.where(best.answered & (end == chars.row_lengths()), tf.cast(text_bytes, tf.int64), byte_end)
-        answer = tf.where(best.answered, tf.strings.substr(context, byte_first, byte_end - byte_first, unit="BYTE"), "")
+        answer = tf.where(best.answered, _cut(context, first, end), "")
         return {"answer": answer, "start": first, "end": end, **self._common_outputs(best)}
 
     @tf.function(autograph=False, input_signature=[tf.TensorSpec([None, None], tf.int32, name="question_ids"),
-                                  tf.TensorSpec([None, None], tf.int32, name="context_ids")])
+                                                   tf.TensorSpec([None, None], tf.int32, name="context_ids")])
     def answer_token_ids(self, question_ids: tf.Tensor, context_ids: tf.Tensor) -> dict[str, tf.Tensor]:
         """Answers as context token indices, from WordPiece ids ([PAD] ids are left out)."""
         pad_id = self.special_ids[2]
         best = self.spans(tf.ragged.boolean_mask(question_ids, question_ids != pad_id),
                           tf.ragged.boolean_mask(context_ids, context_ids != pad_id))
         return {"start_token": best.first_token, "end_token": best.last_token, **self._common_outputs(best)}
+
+
+def _pad_rows_to_power_of_two(value: tf.Tensor) -> tf.Tensor:
+    rows = tf.shape(value)[0]
+    padded = tf.cast(2 ** tf.math.ceil(tf.math.log(tf.cast(tf.maximum(rows, 1), tf.float32)) / np.log(2.0)), tf.int32)
+    return tf.pad(value, [[0, padded - rows], [0, 0]])
+
+
+def _cut(texts: tf.Tensor, first: tf.Tensor, end: tf.Tensor) -> tf.Tensor:
+    """texts[i][first[i]:end[i]] in characters (any span where first is -1)."""
+    chars, byte_starts = tf.strings.unicode_decode_with_offsets(texts, "UTF-8")
+    num_chars = chars.row_lengths()
+    inside = (first >= 0) & (end >= first) & (end <= num_chars)
+    flat, base = byte_starts.flat_values, _row_starts(byte_starts)
+    byte_first = _safe_gather(flat, base + first, inside & (first < num_chars), 0)
+    byte_end = tf.where(end == num_chars, tf.cast(tf.strings.length(texts, unit="BYTE"), tf.int64),
+                        _safe_gather(flat, base + end, inside & (end < num_chars), 0))
+    return tf.strings.substr(texts, byte_first, tf.where(inside, byte_end - byte_first, 0), unit="BYTE")
 
 
 def export(model: ElectraForQuestionAnswering, tokenizer: WordPieceTokenizer, config: ServingConfig,
