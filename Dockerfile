@@ -76,15 +76,18 @@ RUN python3 -m venv --system-site-packages --without-pip /opt/venv \
 WORKDIR /workspace/electra
 
 # Runtime dependencies (requirements-docker.txt is requirements.txt without its TensorFlow line),
-# then a check that TensorFlow is TF_VERSION and, for gpu, a CUDA build. tensorflow-cpu goes in
-# only when ACCELERATOR=cpu and the base image has no TensorFlow, in the same pip call as the
-# rest so that pip resolves every pin together.
-COPY requirements-docker.txt ./
+# then tensorflow-text without its dependencies (it would pull the `tensorflow` package beside the
+# image's own; requirements-nodeps.txt), then a check that TensorFlow is TF_VERSION and, for gpu,
+# a CUDA build. tensorflow-cpu goes in only when ACCELERATOR=cpu and the base image has no
+# TensorFlow, in the same pip call as the rest so that pip resolves every pin together.
+COPY requirements-docker.txt requirements-nodeps.txt ./
 RUN tf_package="" \
  && if [ "${ACCELERATOR}" = cpu ] && ! python -c "import tensorflow" 2>/dev/null; then \
       tf_package="tensorflow-cpu==${TF_VERSION}"; \
     fi \
  && python -m pip install --no-cache-dir ${tf_package:+"$tf_package"} -r requirements-docker.txt \
+ && python -m pip install --no-cache-dir --no-deps -r requirements-nodeps.txt \
+ && python -c "import tensorflow_text" \
  && python -c "import tensorflow as tf; v = tf.__version__; \
                assert v == '${TF_VERSION}', 'TensorFlow ' + v + ', expected ${TF_VERSION}'; \
                assert '${ACCELERATOR}' == 'cpu' or tf.test.is_built_with_cuda(), 'not a CUDA build'" \

@@ -507,11 +507,22 @@ class _ContextTokens:
 
     def get(self, context: str) -> tuple[np.ndarray, np.ndarray]:
         if self._last is None or self._last[0] != context:
-            encoding = self._tokenizer.encode(context, add_special_tokens=False)
-            offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
-            _extend_over_combining_marks(context, offsets)
-            self._last = (context, (np.asarray(encoding.input_ids, dtype=np.int32), offsets))
+            self._last = (context, context_tokens(self._tokenizer, context))
         return self._last[1]
+
+
+def context_tokens(tokenizer: TokenizerLike, context: str) -> tuple[np.ndarray, np.ndarray]:
+    """The WordPiece ids of a context and each token's (start, end) character span in it, the
+    end stretched over the combining marks that follow (what answers are cut out by)."""
+    encoding = tokenizer.encode(context, add_special_tokens=False)
+    offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
+    _extend_over_combining_marks(context, offsets)
+    return np.asarray(encoding.input_ids, dtype=np.int32), offsets
+
+
+def is_combining_mark(char: str) -> bool:
+    """Unicode category Mn: an accent written as a character of its own."""
+    return unicodedata.category(char) == "Mn"
 
 
 def _extend_over_combining_marks(text: str, offsets: np.ndarray) -> None:
@@ -525,7 +536,7 @@ def _extend_over_combining_marks(text: str, offsets: np.ndarray) -> None:
         return
     for row in range(len(offsets)):
         end = int(offsets[row, 1])
-        while end < len(text) and unicodedata.category(text[end]) == "Mn":
+        while end < len(text) and is_combining_mark(text[end]):
             end += 1
         offsets[row, 1] = end
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from tokenizers import Tokenizer
+from tokenizers import PreTokenizedString, Tokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from safe_io import UserError
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# BERT's WordPiece: a longer word (in characters after normalisation) is one [UNK].
+MAX_INPUT_CHARS_PER_WORD = 100
 # Entries of each of the fast path's two caches (chunks and words): about 30 MB each at most.
 CACHE_SIZE = 1 << 17
 
@@ -111,13 +113,11 @@ class WordPieceTokenizer:
         punctuation categories (P*) in _PUNCTUATION_BLOCKS that the Rust pipeline itself keeps
         as they are and makes words of their own, and that the fast path's lower-casing and
         NFD keep too. About 2 ms."""
-        normalizer, pre_tokenizer = self._tokenizer.normalizer, self._tokenizer.pre_tokenizer
         punctuation = []
         for char in (chr(code) for start, end in _PUNCTUATION_BLOCKS for code in range(start, end)
                      if unicodedata.category(chr(code)).startswith("P")):
             text = f"a{char}b"
-            rust_words = [word for word, _ in
-                          pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+            rust_words = [word for word, _ in self.pre_tokenize(text)]
             fast_form = unicodedata.normalize("NFD", text).lower() if self.do_lower_case else text
             if rust_words == ["a", char, "b"] and fast_form == text:
                 punctuation.append(char)
@@ -145,7 +145,8 @@ class WordPieceTokenizer:
 
     @staticmethod
     def _build(vocab: dict[str, int], do_lower_case: bool) -> Tokenizer:
-        tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]",
+                                               max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
         tokenizer.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=do_lower_case,
             lowercase=do_lower_case)
@@ -154,6 +155,16 @@ class WordPieceTokenizer:
             ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
         tokenizer.decoder = decoders.WordPiece(prefix="##")
         return tokenizer
+
+    def pre_tokenize(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """The words WordPiece gets from `text`: cleaned, lower-cased and without accents when
+        uncased, CJK characters and punctuation split off; each with its (start, end)
+        character span in `text`."""
+        pretokenized = PreTokenizedString(text)
+        pretokenized.normalize(self._tokenizer.normalizer.normalize)
+        self._tokenizer.pre_tokenizer.pre_tokenize(pretokenized)
+        return [(word, span) for word, span, _ in
+                pretokenized.get_splits(offset_referential="original", offset_type="char")]
 
     def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of `text`, without special tokens."""

@@ -44,20 +44,25 @@ if [[ ! -x "$venv_dir/bin/python" ]]; then
   "$python_bin" -m venv "$venv_dir"
 fi
 
+# Packages that would pull the `tensorflow` package next to tensorflow-cpu: no dependencies.
+nodeps="$repo_dir/requirements-nodeps.txt"
 # One stamp per requirements file, so the quick start (requirements.txt) and the tests
 # (requirements.txt + requirements-test.txt) do not reinstall each other's environment.
 changed=()
-for r in "${requirements[@]}"; do
+for r in "${requirements[@]}" "$nodeps"; do
   stamp="$venv_dir/.installed-$(basename "$r").sha256"
   if [[ "$(cat "$stamp" 2>/dev/null)" != "$(sha256sum < "$r")" ]]; then changed+=("$r"); fi
 done
 if (( ${#changed[@]} )); then
-  echo "Installing ${requirements[*]##*/} into $venv_dir (changed: ${changed[*]##*/})"
+  echo "Installing ${requirements[*]##*/} ${nodeps##*/} into $venv_dir (changed: ${changed[*]##*/})"
   "$venv_dir/bin/python" -m pip install --quiet --upgrade pip
   args=()
   for r in "${requirements[@]}"; do args+=(-r "$r"); done  # together, so pip keeps every pin
   "$venv_dir/bin/python" -m pip install --quiet "${args[@]}"
-  for r in "${requirements[@]}"; do sha256sum < "$r" > "$venv_dir/.installed-$(basename "$r").sha256"; done
+  "$venv_dir/bin/python" -m pip install --quiet --no-deps -r "$nodeps"
+  "$venv_dir/bin/python" -c "import tensorflow_text" \
+    || { echo "error: tensorflow-text does not load with this TensorFlow (see $nodeps)" >&2; exit 1; }
+  for r in "${requirements[@]}" "$nodeps"; do sha256sum < "$r" > "$venv_dir/.installed-$(basename "$r").sha256"; done
 fi
 flock --unlock "$setup_lock"
 exec {setup_lock}>&-
