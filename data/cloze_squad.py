@@ -7,7 +7,10 @@ question is also asked about a passage that names no one, where it has no answer
 
 The quick start (scripts/quickstart.sh) and the tests fine-tune on such a set from five Austen
 novels and evaluate on one held out (Persuasion). Writes <output-dir>/train-v<version>.json and
-dev-v<version>.json, the names run_tf_squad.py's --data_dir expects.
+dev-v<version>.json, the names run_tf_squad.py's --data_dir expects, and baselines-v<version>.json:
+the dev scores of answers that need no reading model (the passage's first name, its first name
+that is not in the question, the training set's most frequent answer whatever the question), the
+floor a fine-tuned model has to clear.
 """
 from __future__ import annotations
 
@@ -16,10 +19,14 @@ import json
 import logging
 import re
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository's library modules (squad_utils)
+import squad_utils  # noqa: E402
 
 logger = logging.getLogger("cloze_squad")
 
@@ -91,6 +98,48 @@ def squad_document(books: Sequence[Path], seed: int, version_2: bool, num_questi
     return {"version": "2.0" if version_2 else "1.1", "data": [{"title": "cloze", "paragraphs": paragraphs}]}
 
 
+def questions_of(document: dict) -> Iterator[tuple[str, str, str, list[str]]]:
+    """(id, context, question, gold answer texts) of every question of a SQuAD document."""
+    for paragraph in document["data"][0]["paragraphs"]:
+        for qa in paragraph["qas"]:
+            yield qa["id"], paragraph["context"], qa["question"], [a["text"] for a in qa["answers"]]
+
+
+def first_name(context: str, question: str) -> str:
+    """The passage's first name inside a sentence ("" if it names no one)."""
+    match = NAME_SPAN.search(context)
+    return match.group(0) if match else ""
+
+
+def first_name_not_in_question(context: str, question: str) -> str:
+    """The passage's first name that the question does not contain (else its first name)."""
+    names = NAME_SPAN.findall(context)
+    return next((name for name in names if name not in question), names[0] if names else "")
+
+
+def baseline_scores(train: dict, dev: dict, version_2: bool) -> dict[str, dict[str, float]]:
+    """{baseline: {"exact_match", "f1"}} on `dev` for answers that need no reading model: two
+    that pick a name of the passage without reading the question's words around the blank, and
+    one that reads nothing (the most frequent training answer), which shows how far the
+    question alone gives the answer away."""
+    prior = Counter(answers[0] for _, _, _, answers in questions_of(train) if answers).most_common(1)[0][0]
+    rules: dict[str, Callable[[str, str], str]] = {
+        "first name in the passage": first_name,
+        "first name in the passage not in the question": first_name_not_in_question,
+        "most frequent training answer": lambda context, question: prior,
+    }
+    gold = {qid: answers for qid, _, _, answers in questions_of(dev)}
+    scores = {}
+    for name, rule in rules.items():
+        predictions = {qid: rule(context, question) for qid, context, question, _ in questions_of(dev)}
+        if version_2:
+            result = squad_utils.evaluate_v2(gold, predictions)
+            scores[name] = {"exact_match": result["exact"], "f1": result["f1"]}
+        else:
+            scores[name] = squad_utils.evaluate_v1(gold, predictions)
+    return scores
+
+
 def book_paths(corpus_dir: Path, names: str) -> list[Path]:
     """The .txt books of `corpus_dir` named in the comma-separated `names` (file stems)."""
     paths = [corpus_dir / f"{name.strip()}.txt" for name in names.split(",") if name.strip()]
@@ -102,18 +151,24 @@ def book_paths(corpus_dir: Path, names: str) -> list[Path]:
 
 
 def write_question_sets(args: argparse.Namespace) -> dict[str, int]:
-    """Write train and dev files; returns the number of questions in each."""
+    """Write train and dev files and the dev baselines; returns the number of questions in each."""
     corpus_dir = Path(args.corpus_dir)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    counts = {}
+    counts, documents = {}, {}
     for split, books, count, seed in (("train", args.train_books, args.num_train_questions, args.seed),
                                       ("dev", args.dev_books, args.num_dev_questions, args.seed + 1)):
         document = squad_document(book_paths(corpus_dir, books), seed, args.version == "2.0", count)
         path = output_dir / f"{split}-v{args.version}.json"
         path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
         counts[split] = sum(len(p["qas"]) for p in document["data"][0]["paragraphs"])
+        documents[split] = document
         logger.info("Wrote %s: %d questions", path, counts[split])
+    baselines = baseline_scores(documents["train"], documents["dev"], args.version == "2.0")
+    path = output_dir / f"baselines-v{args.version}.json"
+    path.write_text(json.dumps(baselines, indent=1), encoding="utf-8")
+    for name, score in baselines.items():
+        logger.info("Dev baseline, %s: EM %.1f, F1 %.1f", name, score["exact_match"], score["f1"])
     return counts
 
 
