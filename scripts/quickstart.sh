@@ -60,7 +60,7 @@ else
 fi
 # Chosen by measurement (docs/quickstart.md): short sequences make a step cheap, so the budget
 # buys more of them; a gentle fine-tuning keeps what the pretraining learned.
-pretrain_seq_length=${PRETRAIN_SEQ_LENGTH:-64} pretrain_lr=2e-3
+pretrain_seq_length=${PRETRAIN_SEQ_LENGTH:-64} pretrain_lr=5e-3
 finetune_lr=${FINETUNE_LR:-3e-4}
 model_config="$repo_dir/scripts/configs/quickstart_model.json"
 novels=(emma mansfieldpark northangerabbey prideprejudice sensesensibility)
