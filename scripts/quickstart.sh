@@ -4,8 +4,8 @@
 #
 #   env          virtual environment with the requirements (scripts/setup_env.sh)
 #   data         TFRecords at the pretraining sequence length (data/create_datasets_from_start.sh)
-#   squad_data   cloze questions in SQuAD v1.1 format (data/cloze_squad.py): train on the five
-#                novels, dev on Persuasion; the dev scores of trivial baselines
+#   squad_data   cloze questions in SQuAD v1.1 format (data/cloze_squad.py), a long word blanked:
+#                train on the five novels, dev on Persuasion; the dev scores of trivial baselines
 #   pretrain     ELECTRA phase 1 (scripts/run_pretraining.sh): ELECTRA-small's width with 4 of
 #                its 12 layers (scripts/configs/quickstart_model.json), a bounded number of steps
 #   postprocess  discriminator/ and generator/ model folders (postprocess_pretrained_ckpt.py)
@@ -23,8 +23,8 @@
 # A re-run skips every finished stage (RESULTS/.done-<stage>) and resumes an interrupted
 # pretraining or fine-tuning from its last checkpoint. Uses the GPU when there is one (float16
 # and XLA), else bfloat16 where the CPU has bfloat16 instructions, else float32.
-# Environment: PRETRAIN_STEPS, PRETRAIN_SEQ_LENGTH, FINETUNE_EPOCHS, FINETUNE_LR,
-# NUM_TRAIN_QUESTIONS, NUM_DEV_QUESTIONS override the settings of either mode.
+# Environment: PRETRAIN_STEPS, PRETRAIN_SEQ_LENGTH, FINETUNE_EPOCHS, FINETUNE_LR, CLOZE_BLANK
+# (words | names), NUM_TRAIN_QUESTIONS, NUM_DEV_QUESTIONS override the settings of either mode.
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo_dir/scripts/lib/remove_within.sh"
@@ -61,7 +61,7 @@ fi
 # Chosen by measurement (docs/quickstart.md): short sequences make a step cheap, so the budget
 # buys more of them; a gentle fine-tuning keeps what the pretraining learned.
 pretrain_seq_length=${PRETRAIN_SEQ_LENGTH:-64} pretrain_lr=5e-3
-finetune_lr=${FINETUNE_LR:-3e-4}
+finetune_lr=${FINETUNE_LR:-3e-4} cloze_blank=${CLOZE_BLANK:-words}
 model_config="$repo_dir/scripts/configs/quickstart_model.json"
 novels=(emma mansfieldpark northangerabbey prideprejudice sensesensibility)
 tfrecords="$results_dir/data/tfrecord_lower_case_1_seq_len_${pretrain_seq_length}_random_seed_12345/custom"
@@ -84,7 +84,7 @@ stage_data() {
 
 stage_squad_data() {
   python "$repo_dir/data/cloze_squad.py" --output-dir "$results_dir/squad_data" --version 1.1 \
-    --num-train-questions "$train_questions" --num-dev-questions "$dev_questions"
+    --num-train-questions "$train_questions" --num-dev-questions "$dev_questions" --blank "$cloze_blank"
 }
 
 stage_pretrain() {

@@ -94,7 +94,7 @@ def test_the_summary_sets_both_starts_beside_the_computed_baselines(first_run: d
     pretrained = json.loads((results / "squad" / "eval_results.json").read_text())
     random = json.loads((results / "squad_random" / "eval_results.json").read_text())
     baselines = json.loads((results / "squad_data" / "baselines-v1.1.json").read_text())
-    assert set(baselines) == {"first name in the passage", "first name in the passage not in the question",
+    assert set(baselines) == {"first long word in the passage", "first long word in the passage not in the question",
                               "most frequent training answer"}
     lines = {line.split(" EM ")[0].strip(): line.split(" EM ")[1] for line in stdout.splitlines() if " EM " in line}
     for name, score in {"fine-tuned from the pretrained discriminator": pretrained,
