@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole recipe on the shipped sample corpus (five Austen novels; Persuasion held out), in
-# about 10 minutes on 2 CPU cores:
+# about 15 minutes on 2 CPU cores (docs/quickstart.md):
 #
 #   env          virtual environment with the requirements (scripts/setup_env.sh)
 #   data         TFRecords at the pretraining sequence length (data/create_datasets_from_start.sh)
@@ -91,8 +91,8 @@ stage_pretrain() {
   local resume=false
   if compgen -G "$pretraining_dir/phase1/checkpoints/ckpt-*.index" >/dev/null; then resume=true; fi
   # run_pretraining.sh's positional arguments: phase 1 only (PHASES=1), no accumulation.
-  PHASES=1 EXTRA_ARGS="--model_config $model_config --max_seq_length $pretrain_seq_length --log_freq $log_freq
-    --keep_checkpoint_max 2" bash "$repo_dir/scripts/run_pretraining.sh" \
+  local extra="--model_config $model_config --max_seq_length $pretrain_seq_length --log_freq $log_freq"
+  PHASES=1 EXTRA_ARGS="$extra --keep_checkpoint_max 2" bash "$repo_dir/scripts/run_pretraining.sh" \
     "$batch_size" "$pretrain_lr" "$pretrain_precision" 1 "$xla" $(( pretrain_steps / 10 + 1 )) "$pretrain_steps" 50 \
     "$resume" lamb false 1 12345 quickstart 8 1e-3 10 10 1 small \
     "$tfrecords/train/pretrain_data*" "$tfrecords/train/pretrain_data*" "$pretraining_dir" None
