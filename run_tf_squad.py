@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--electra_model", default="google/electra-base-discriminator",
-                       help="a model size (small, base, large: random weights), a model folder or a released "
-                            "google/electra-* name in the local Hugging Face cache; gives the weights when "
+                       help="a model size (small, base, large) or an architecture's config.json (both: random "
+                            "weights), a model folder or a released google/electra-* name in the local Hugging "
+                            "Face cache; gives the weights when "
                             "--init_checkpoint is not set, and the architecture when --init_checkpoint has no "
                             "config.json")
     model.add_argument("--init_checkpoint", default=None,
@@ -169,17 +170,27 @@ def model_source(args: argparse.Namespace) -> tuple[ElectraConfig, str | None]:
             return read_config(folder), folder
         logger.warning("%s has no %s: its architecture is --electra_model %s", folder, CONFIG_FILE, args.electra_model)
         return config_of(args.electra_model), folder
-    if args.electra_model in MODEL_SIZES:
+    architecture = random_architecture(args.electra_model)
+    if architecture is not None:
         logger.warning("No --init_checkpoint: the %s model starts from random weights", args.electra_model)
-        return ElectraConfig.from_size(args.electra_model), None
+        return architecture, None
     folder = resolve_model_folder(args.electra_model)
     return read_config(folder), folder
 
 
-def config_of(electra_model: str) -> ElectraConfig:
+def random_architecture(electra_model: str) -> ElectraConfig | None:
+    """The architecture a size or a config.json names (they come without weights), else None:
+    a random start of the same shape as a pretrained model is the control that shows what
+    pretraining brings."""
     if electra_model in MODEL_SIZES:
         return ElectraConfig.from_size(electra_model)
-    return read_config(resolve_model_folder(electra_model))
+    if electra_model.endswith(".json") and os.path.isfile(electra_model):
+        return ElectraConfig.from_json_file(electra_model)
+    return None
+
+
+def config_of(electra_model: str) -> ElectraConfig:
+    return random_architecture(electra_model) or read_config(resolve_model_folder(electra_model))
 
 
 def check_head_matches(folder: str, joint_head: bool, version_2: bool) -> None:
