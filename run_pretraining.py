@@ -29,7 +29,7 @@ import optimization  # noqa: E402
 import pretrain_utils  # noqa: E402
 import run_utils  # noqa: E402
 from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective  # noqa: E402
-from model_folder import assign_tensors, read_tensors  # noqa: E402
+from model_folder import assign_tensors, read_tensors, resolve_pretraining_folders  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
 from run_utils import RUN_CONFIG_FILE, MetricsLog, compute_policy  # noqa: E402
 
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(a phase-2 run that has its own checkpoints resumes them instead)")
     ckpt.add_argument("--init_checkpoint", default=None,
                       help="folder with discriminator/ and generator/ model folders (Hugging Face layout, e.g. "
-                           "from postprocess_pretrained_ckpt.py or a released ELECTRA) to start from")
+                           "from postprocess_pretrained_ckpt.py) to start from, or google/electra-small, -base or "
+                           "-large: Google's released pair, downloaded into the Hugging Face cache if missing")
     return parser
 
 
@@ -274,10 +275,11 @@ def restore_or_initialise(args: argparse.Namespace, state: CheckpointState, mode
         load_init_checkpoint(model, args.init_checkpoint)
 
 
-def load_init_checkpoint(model: ElectraPretrainingModel, folder: str) -> None:
+def load_init_checkpoint(model: ElectraPretrainingModel, name_or_path: str) -> None:
     """Start from Hugging Face model folders (weights only: released models carry no optimizer)."""
+    folders = resolve_pretraining_folders(name_or_path)
     for name, part in (("generator", model.generator), ("discriminator", model.discriminator)):
-        source = os.path.join(folder, name)
+        source = folders[name]
         report = assign_tensors(part, read_tensors(source), source=source)
         logger.info("Initialised the %s from %s%s", name, source,
                     f" (unused: {', '.join(report.unused)})" if report.unused else "")
