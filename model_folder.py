@@ -1,6 +1,6 @@
 """Model folders in the Hugging Face layout: `config.json` + `model.safetensors`.
 
-Parameter names are transformers' (SPEC section 8), so a discriminator trained here opens in
+Parameter names are transformers' (docs/recipe.md, Parameter names), so a discriminator trained here opens in
 transformers and a released ELECTRA opens here. Linear weights are stored [out, in], the
 transpose of a Keras kernel. Encoder names are handled in one canonical form,
 `electra.<name>`; a bare encoder (transformers' `ElectraModel`) stores them without the prefix.
@@ -172,7 +172,8 @@ def resolve_pretraining_folders(name_or_path: str, cache_dir: str | None = None)
     and FOLDER/generator (postprocess_pretrained_ckpt.py's output), or the two released models of
     google/electra-{small,base,large}."""
     if RELEASED_PAIR_NAME.match(name_or_path):
-        return {part: resolve_model_folder(f"{name_or_path}-{part}", cache_dir) for part in ("discriminator", "generator")}
+        return {part: resolve_model_folder(f"{name_or_path}-{part}", cache_dir)
+                for part in ("discriminator", "generator")}
     if not os.path.isdir(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: expected a folder with discriminator/ and generator/ model "
                                 "folders, or google/electra-small, -base or -large")

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model and objective")
     model.add_argument("--model_name", default="electra_pretraining", help="name of the run, used in logs")
-    model.add_argument("--model_size", choices=sorted(MODEL_SIZES), default="base", help="discriminator size (SPEC section 1)")
+    model.add_argument("--model_size", choices=sorted(MODEL_SIZES), default="base",
+                       help="discriminator size (docs/recipe.md, Model sizes)")
     model.add_argument("--model_config", default=None,
                        help="a discriminator config.json (Hugging Face keys) for a custom size; overrides --model_size")
     model.add_argument("--vocab_size", type=int, default=30522, help="vocabulary size of the TFRecords' ids")
@@ -135,7 +136,8 @@ def build_optimizer(args: argparse.Namespace, variables: list) -> keras.optimize
 
 
 class PretrainingMetrics:
-    """Running means of SPEC section 4's metrics between two log lines (discriminator AUC included)."""
+    """Running means of the objective's metrics (docs/recipe.md) between two log lines (discriminator
+    AUC included)."""
 
     NAMES = ("total_loss", "generator_loss", "discriminator_loss", "masked_lm_accuracy", "sampled_accuracy",
              "discriminator_accuracy", "discriminator_precision", "discriminator_recall")

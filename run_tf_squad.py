@@ -1,4 +1,5 @@
-"""Fine-tune ELECTRA on SQuAD v1.1 / v2.0, predict answers and evaluate them (SPEC section 7).
+"""Fine-tune ELECTRA on SQuAD v1.1 / v2.0, predict answers and evaluate them (docs/recipe.md,
+SQuAD fine-tuning).
 
 Training: AdamW (epsilon 1e-6, no weight decay on LayerNorm weights and biases) with layer-wise
 learning-rate decay, linear warm-up then linear decay, gradient clipping to norm 1.0, gradient

@@ -149,8 +149,8 @@ def test_bad_spellings_are_one_line_errors_and_start_nothing(launcher: str, args
 def test_run_squad_sh_precision_and_xla(precision: str, xla: str, expected: list[str], tmp_path: Path):
     env, log = recording_environment(tmp_path, REPO_ROOT)
     result = run("scripts/run_squad.sh", "small", "1", "8", "8", "1e-4", precision, "1", "1", "1.1", "squad",
-                 str(tmp_path / "out"), "None", "train", "interactive", "cache", "-1", "vocab.txt", xla, "--log_freq", "1",
-                 env=env)
+                 str(tmp_path / "out"), "None", "train", "interactive", "cache", "-1", "vocab.txt", xla,
+                 "--log_freq", "1", env=env)
     assert result.returncode == 0, result.stderr
     [call] = program_calls(log, "run_tf_squad.py")
     precision_flags = [flag for flag in call if flag in ("--amp", "--no-amp", "--xla", "--no-xla", "--amp_dtype",

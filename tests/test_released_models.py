@@ -37,7 +37,8 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folders = {"discriminator": root / "discriminator", "generator": root / "generator"}
     discriminator = ElectraDiscriminator(TINY)
     # Released pairs were trained with one embedding block, as the pretraining model here has.
-    generator = ElectraGenerator(TINY.generator_config(hidden_fraction=0.5), embeddings=discriminator.electra.embeddings)
+    generator = ElectraGenerator(TINY.generator_config(hidden_fraction=0.5),
+                                 embeddings=discriminator.electra.embeddings)
     save_model_folder(discriminator, str(folders["discriminator"]))
     save_model_folder(generator, str(folders["generator"]))
     for folder in folders.values():
@@ -190,7 +191,8 @@ args = run_pretraining.parse_args(["--model_config", {str(config_file)!r}, "--ge
                                     "--pretrain_tfrecords", "unused", "--init_checkpoint", "google/electra-small"])
 model = run_pretraining.build_model(args)
 run_pretraining.load_init_checkpoint(model, args.init_checkpoint)
-for part, folder in (("discriminator", {str(released["discriminator"])!r}), ("generator", {str(released["generator"])!r})):
+folders = {{"discriminator": {str(released["discriminator"])!r}, "generator": {str(released["generator"])!r}}}
+for part, folder in folders.items():
     expected = read_tensors(folder)
     for name, param in hf_parameters(getattr(model, part)).items():
         value = param.variable.numpy()
