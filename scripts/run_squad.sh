@@ -39,9 +39,11 @@ electra_arg cache_dir '$squad_dir' "where featurized SQuAD is cached"
 electra_arg max_steps -1 "stop after this many optimizer steps (-1: the epochs decide)"
 electra_arg vocab_file '$repo_dir/vocab/vocab.txt' "WordPiece vocab.txt"
 electra_arg xla "" "XLA compilation, a boolean (default: true with amp, as in the recipe, else false)"
+electra_env EXTRA_SQUAD_ARGS "" "more run_tf_squad.py flags, after the arguments' ones (also from finetune_ckpts_on_squad.sh)"
 ELECTRA_ALLOW_EXTRA=1
 electra_parse_args "$@"
-extra_flags=("${ELECTRA_EXTRA_ARGS[@]}")
+read -r -a extra_flags <<< "$EXTRA_SQUAD_ARGS"
+extra_flags+=("${ELECTRA_EXTRA_ARGS[@]}")
 electra_precision precision
 if [[ -z "$xla" ]]; then
   if [[ "$precision" == amp ]]; then xla=true; else xla=false; fi

@@ -147,7 +147,7 @@ def test_bad_spellings_are_one_line_errors_and_start_nothing(launcher: str, args
     ("fp32", "0", ["--no-amp", "--no-xla"]),
 ])
 def test_run_squad_sh_precision_and_xla(precision: str, xla: str, expected: list[str], tmp_path: Path):
-    env, log = recording_environment(tmp_path, REPO_ROOT)
+    env, log = recording_environment(tmp_path, REPO_ROOT, EXTRA_SQUAD_ARGS="--max_steps 3")
     result = run("scripts/run_squad.sh", "small", "1", "8", "8", "1e-4", precision, "1", "1", "1.1", "squad",
                  str(tmp_path / "out"), "None", "train", "interactive", "cache", "-1", "vocab.txt", xla,
                  "--log_freq", "1", env=env)
@@ -156,7 +156,8 @@ def test_run_squad_sh_precision_and_xla(precision: str, xla: str, expected: list
     precision_flags = [flag for flag in call if flag in ("--amp", "--no-amp", "--xla", "--no-xla", "--amp_dtype",
                                                        "float16", "bfloat16")]
     assert precision_flags == expected
-    assert call[:2] == ["python", str(REPO_ROOT / "run_tf_squad.py")] and call[-3:-1] == ["--log_freq", "1"]
+    assert call[:2] == ["python", str(REPO_ROOT / "run_tf_squad.py")]
+    assert call[-5:-1] == ["--max_steps", "3", "--log_freq", "1"]  # EXTRA_SQUAD_ARGS, then the arguments
 
 
 @pytest.mark.parametrize("xla, resume, skip_adaptive", [("true", "yes", "1"), ("no", "0", "false"),
