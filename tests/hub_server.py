@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from stand_ins import BackgroundServer, GetHeadHandler
 
 
 def git_blob_id(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
-class LocalHub:
+class LocalHub(BackgroundServer):
     """`with LocalHub({"google/electra-small-discriminator": folder}) as hub:` then
     HF_ENDPOINT=hub.url; `hub.requests` lists (method, path) of every request served."""
 
@@ -24,15 +25,6 @@ class LocalHub:
         self.requests: list[tuple[str, str]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> LocalHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     @staticmethod
     def commit(name: str) -> str:
@@ -45,16 +37,7 @@ class LocalHub:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         hub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:  # quiet
-                pass
-
-            def do_HEAD(self) -> None:
-                self.answer(send_body=False)
-
-            def do_GET(self) -> None:
-                self.answer(send_body=True)
-
+        class Handler(GetHeadHandler):
             def answer(self, send_body: bool) -> None:
                 path = unquote(urlsplit(self.path).path)
                 hub.requests.append((self.command, path))

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import socketserver
 import ssl
-import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import trustme
 
+from stand_ins import BackgroundServer, GetHeadHandler
 
-class StandInInternet:
+
+class StandInInternet(BackgroundServer):
     """`with StandInInternet({"https://host/path": b"content"}, folder) as web:` then run programs
     with `web.environment()`; `web.requests` lists the URLs served, `web.refused` the hosts asked
     for in vain."""
@@ -30,18 +31,9 @@ class StandInInternet:
         authority.cert_pem.write_to_path(str(self.ca_file))
         self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         authority.issue_cert(*self.hosts).configure_cert(self.tls)
-        self.proxy = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._proxy_handler())
-        self.proxy.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.proxy.server_address[1]}"
-        self.thread = threading.Thread(target=self.proxy.serve_forever, daemon=True)
-
-    def __enter__(self) -> StandInInternet:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proxy.shutdown()
-        self.proxy.server_close()
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._proxy_handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def environment(self) -> dict[str, str]:
         """Variables that send HTTPS through the stand-in and make its certificates trusted
@@ -73,17 +65,8 @@ class StandInInternet:
     def _site_handler(self, host: str) -> type[BaseHTTPRequestHandler]:
         web = self
 
-        class Site(BaseHTTPRequestHandler):
+        class Site(GetHeadHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                self.answer(send_body=True)
-
-            def do_HEAD(self) -> None:
-                self.answer(send_body=False)
 
             def answer(self, send_body: bool) -> None:
                 url = f"https://{host}{urlsplit(self.path).path}"

@@ -6,12 +6,45 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import socketserver
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 # Programs a launcher could start: Python, installers, process launchers, container engines.
 PROGRAMS = ("python", "python3", "pip", "pip3", "srun", "sbatch", "mpirun", "horovodrun", "docker", "podman",
             "nvidia-smi", "apt-get", "hf", "git")
+
+
+class BackgroundServer:
+    """Serves `self.server` from a daemon thread for the duration of a `with` block."""
+
+    server: socketserver.BaseServer
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class GetHeadHandler(BaseHTTPRequestHandler):
+    """GET and HEAD both answered by `answer(send_body)`, without request logging."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self.answer(send_body=False)
+
+    def answer(self, send_body: bool) -> None:
+        raise NotImplementedError
 
 
 def write_program(path: Path, body: str) -> Path:

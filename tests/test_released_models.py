@@ -27,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = ElectraConfig(vocab_size=120, embedding_size=32, hidden_size=64, num_hidden_layers=2,
                      num_attention_heads=2, intermediate_size=128, max_position_embeddings=32)
 NAME = "google/electra-small-discriminator"
-HF_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN", "XDG_CACHE_HOME")
+HF_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT", "HF_TOKEN", "XDG_CACHE_HOME",
+                "HF_HUB_DISABLE_TELEMETRY")
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +57,8 @@ def hub_environment(tmp_path: Path, **settings: str) -> dict[str, str]:
     """This process's environment without the user's Hugging Face settings, plus `settings`
     (HF_ENDPOINT defaults to a closed port: a test reaches no real network)."""
     env = {k: v for k, v in os.environ.items() if k not in HF_VARIABLES}
-    return {**env, "HOME": str(tmp_path / "home"), "HF_ENDPOINT": "http://127.0.0.1:9",
-            "HF_HUB_DISABLE_TELEMETRY": "1", "TF_CPP_MIN_LOG_LEVEL": "3", **settings}
+    return {**env, "HOME": str(tmp_path / "home"), "HF_ENDPOINT": "http://127.0.0.1:9", "TF_CPP_MIN_LOG_LEVEL": "3",
+            **settings}
 
 
 RESOLVE = "from model_folder import resolve_model_folder; print(resolve_model_folder({name!r}))"
