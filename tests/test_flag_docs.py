@@ -60,3 +60,10 @@ def test_every_flag_in_a_programs_source_is_listed(generator, committed: str):
 def test_no_path_of_the_generating_machine(committed: str):
     assert str(REPO_ROOT) not in committed
     assert not re.search(r"`/(work|root|home|tmp)/", committed)
+
+
+def test_no_program_shows_a_path_of_this_checkout_in_its_help(generator):
+    """Defaults inside the repository are described, not printed as this machine's paths."""
+    shown = [program for program in generator.PROGRAMS
+             if str(REPO_ROOT) in generator.program_parser(program).format_help()]
+    assert shown == []
