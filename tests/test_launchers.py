@@ -95,7 +95,8 @@ def test_run_pretraining_sh_precision_spellings(precision: str, tmp_path: Path):
 def test_run_pretraining_sh_xla_and_resume_spellings(spelling: str, tmp_path: Path):
     env, log = recording_environment(tmp_path, REPO_ROOT, PHASES="1")
     resume = spelling if spelling not in ("xla", "no_xla") else "false"
-    result = run("scripts/run_pretraining.sh", "8", "1e-3", "fp32", "1", spelling, "1", "2", "1", resume, env=env)
+    result = run("scripts/run_pretraining.sh", "8", "1e-3", "fp32", "1", spelling, "1", "2", "1", resume, *[""] * 13,
+                 str(tmp_path / "out"), env=env)
     assert result.returncode == 0, result.stderr
     [call] = program_calls(log, "run_pretraining.py")
     on = spelling in ("xla", *TRUE_SPELLINGS)
