@@ -29,6 +29,7 @@ PROGRAMS = (
     "postprocess_pretrained_ckpt.py",
     "run_tf_squad.py",
     "run_inference.py",
+    "export_saved_model.py",
     "scripts/benchmark_pretraining.py",
     "scripts/benchmark_squad.py",
     "scripts/benchmark_data.py",
