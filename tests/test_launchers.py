@@ -13,9 +13,10 @@ import pytest
 from stand_ins import make_recorders, recorded_calls, recording_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# scripts/docker/*.sh belong with the container and its own tests.
+# (scripts/docker/engine.sh, like scripts/lib/*.sh, is sourced by the others.)
 LAUNCHERS = sorted(str(p.relative_to(REPO_ROOT)) for p in [
     *REPO_ROOT.glob("scripts/*.sh"), *REPO_ROOT.glob("scripts/slurm/*.sh"),
+    *(REPO_ROOT / "scripts" / "docker" / name for name in ("build.sh", "launch.sh", "make_base_image.sh")),
     REPO_ROOT / "data" / "create_datasets_from_start.sh", REPO_ROOT / "run.sub"])
 
 

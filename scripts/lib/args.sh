@@ -58,7 +58,7 @@ electra_shown_default() {
 # its second line to the first line that is not a comment, then the declared tables.
 electra_usage() {
   local script=${1:-${BASH_SOURCE[-1]}} i
-  sed -n '2,/^[^#]/p' "$script" | grep '^#' | grep -v '^#SBATCH\|^# shellcheck' | sed 's/^# \{0,1\}//'
+  sed -n '2,/^[^#]/{ /^#SBATCH/d; /^# shellcheck/d; /^#/!d; s/^# \{0,1\}//; p; }' "$script"
   if (( ${#ELECTRA_ARG_NAMES[@]} )); then
     echo
     echo "Positional arguments, in this order (a missing or empty one takes its default):"
