@@ -1,4 +1,5 @@
-"""Build ELECTRA pretraining TFRecords from a corpus with one sentence per line.
+"""Build ELECTRA pretraining TFRecords from a corpus with one sentence per line (docs/recipe.md,
+Pretraining data).
 
 Examples are built with Google ELECTRA's ExampleBuilder algorithm: sentences are appended until
 the running length reaches a target length, a document end flushes, 10% of examples have a

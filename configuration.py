@@ -17,7 +17,7 @@ from safe_io import UserError
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
-# Sizes of SPEC section 1: (layers, hidden, embedding, generator hidden fraction).
+# Sizes of docs/recipe.md, Model sizes: (layers, hidden, embedding, generator hidden fraction).
 MODEL_SIZES: dict[str, tuple[int, int, int, float]] = {
     "small": (12, 256, 128, 0.25),
     "base": (12, 768, 768, 1.0 / 3.0),
@@ -146,7 +146,7 @@ class ElectraConfig:
                                    intermediate_size=4 * hidden_size)
 
     def default_generator_fraction(self) -> float:
-        """SPEC section 1's fraction for the preset whose hidden size this config has."""
+        """The recipe's fraction (docs/recipe.md) for the preset whose hidden size this config has."""
         for _, hidden, _, fraction in MODEL_SIZES.values():
             if hidden == self.hidden_size:
                 return fraction
@@ -193,7 +193,7 @@ class ElectraConfig:
 
 @dataclass(frozen=True)
 class PretrainingObjective:
-    """Hyper-parameters of replaced-token detection (SPEC sections 3 and 4)."""
+    """Hyper-parameters of replaced-token detection (docs/recipe.md, Dynamic masking and The objective)."""
 
     mask_prob: float = 0.15
     discriminator_weight: float = 50.0

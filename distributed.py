@@ -89,7 +89,7 @@ class TFDistributeEngine(SingleProcess):
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         resolver = self.strategy.cluster_resolver
-        self.rank = resolver.task_id
+        self.rank = resolver.task_id or 0  # None without TF_CONFIG: one worker (e.g. a one-task srun)
         self.size = self.strategy.num_replicas_in_sync
         self.local_rank = local_rank
         self._sum = tf.function(self._replica_sum)

@@ -1,6 +1,6 @@
 """Model folders in the Hugging Face layout: `config.json` + `model.safetensors`.
 
-Parameter names are transformers' (SPEC section 8), so a discriminator trained here opens in
+Parameter names are transformers' (docs/recipe.md, Parameter names), so a discriminator trained here opens in
 transformers and a released ELECTRA opens here. Linear weights are stored [out, in], the
 transpose of a Keras kernel. Encoder names are handled in one canonical form,
 `electra.<name>`; a bare encoder (transformers' `ElectraModel`) stores them without the prefix.
@@ -10,15 +10,16 @@ under `qa_head.` (XLNet's pooler names), with `joint_head`, `version_2_with_nega
 """
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import huggingface_hub
 import keras
 import numpy as np
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -32,12 +33,14 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PYTORCH_WEIGHTS_FILE = "pytorch_model.bin"
+VOCAB_FILE = "vocab.txt"
 ENCODER_PREFIX = "electra."
 TIED_GENERATOR_WEIGHT = "generator_lm_head.weight"
 # Tensors a folder may hold that a model without those heads simply does not use.
 PRETRAINING_HEAD_PREFIXES = ("discriminator_predictions.", "generator_predictions.", "generator_lm_head.")
 IGNORED_BUFFERS = ("electra.embeddings.position_ids",)
 RELEASED_MODEL_NAME = re.compile(r"^google/electra-(small|base|large)-(discriminator|generator)$")
+RELEASED_PAIR_NAME = re.compile(r"^google/electra-(small|base|large)$")
 ARCHITECTURES = {ElectraModel: "ElectraModel", ElectraDiscriminator: "ElectraForPreTraining",
                  ElectraGenerator: "ElectraForMaskedLM"}
 # The plain QA head is transformers' ElectraForQuestionAnswering; the joint head has no
@@ -155,45 +158,81 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def huggingface_cache_dir(environ: Mapping[str, str]) -> str:
-    """The hub cache folder transformers uses, from the given environment variables."""
-    if environ.get("HF_HUB_CACHE"):
-        return environ["HF_HUB_CACHE"]
-    hf_home = environ.get("HF_HOME") or os.path.join(
-        environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
-    return os.path.join(hf_home, "hub")
-
-
 def resolve_model_folder(name_or_path: str, cache_dir: str | None = None) -> str:
-    """A local folder as is, or a released `google/electra-*` name found in the hub cache."""
+    """A local folder as is, or a released `google/electra-*` name: its snapshot in the Hugging
+    Face cache, downloaded there first when missing. huggingface_hub does the work, so its
+    settings apply: HF_HOME / HF_HUB_CACHE (where), HF_HUB_OFFLINE (never download), HF_ENDPOINT
+    and HF_TOKEN."""
     if os.path.isdir(name_or_path):
         return name_or_path
     if not RELEASED_MODEL_NAME.match(name_or_path):
         raise FileNotFoundError(f"model folder not found: {name_or_path} (expected a folder with "
                                 f"{CONFIG_FILE} and {WEIGHTS_FILE}, or a name like "
                                 "google/electra-base-discriminator)")
-    cache_dir = cache_dir or huggingface_cache_dir({})
-    repo_dir = os.path.join(cache_dir, "models--" + name_or_path.replace("/", "--"))
-    snapshot = _cached_snapshot(repo_dir)
-    if snapshot is None:
-        raise FileNotFoundError(
-            f"{name_or_path} is not in the local Hugging Face cache ({repo_dir}). Download it on a "
-            f"machine with internet access, e.g. `huggingface-cli download {name_or_path} "
-            f"{CONFIG_FILE} {WEIGHTS_FILE}` (or `{PYTORCH_WEIGHTS_FILE}`), then copy the cache or "
-            "pass the downloaded folder's path.")
-    return snapshot
+    return cached_released_model(name_or_path, cache_dir) or download_released_model(name_or_path, cache_dir)
 
 
-def _cached_snapshot(repo_dir: str) -> str | None:
-    """The snapshot `refs/main` points at, else any snapshot that holds a config."""
-    ref = os.path.join(repo_dir, "refs", "main")
-    if os.path.isfile(ref):
-        with open(ref, encoding="utf-8") as f:
-            candidate = os.path.join(repo_dir, "snapshots", f.read().strip())
-        if os.path.isfile(os.path.join(candidate, CONFIG_FILE)):
-            return candidate
-    snapshots = sorted(glob.glob(os.path.join(repo_dir, "snapshots", "*", CONFIG_FILE)))
-    return os.path.dirname(snapshots[-1]) if snapshots else None
+def resolve_pretraining_folders(name_or_path: str, cache_dir: str | None = None) -> dict[str, str]:
+    """{"discriminator": folder, "generator": folder} to start pretraining from: FOLDER/discriminator
+    and FOLDER/generator (postprocess_pretrained_ckpt.py's output), or the two released models of
+    google/electra-{small,base,large}."""
+    if RELEASED_PAIR_NAME.match(name_or_path):
+        return {part: resolve_model_folder(f"{name_or_path}-{part}", cache_dir)
+                for part in ("discriminator", "generator")}
+    if not os.path.isdir(name_or_path):
+        raise FileNotFoundError(f"{name_or_path}: expected a folder with discriminator/ and generator/ model "
+                                "folders, or google/electra-small, -base or -large")
+    return {part: os.path.join(name_or_path, part) for part in ("discriminator", "generator")}
+
+
+def _holds_model(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, CONFIG_FILE)) and any(
+        os.path.isfile(os.path.join(folder, weights)) for weights in (WEIGHTS_FILE, PYTORCH_WEIGHTS_FILE))
+
+
+def cached_released_model(name: str, cache_dir: str | None = None) -> str | None:
+    """The snapshot of `name` that the Hugging Face cache holds with a config and weights, found
+    without any network access; None if there is none."""
+    try:  # (asking for the config only: the cache need not hold the repository's other files)
+        folder = huggingface_hub.snapshot_download(name, cache_dir=cache_dir, local_files_only=True,
+                                                   allow_patterns=[CONFIG_FILE])
+    except LocalEntryNotFoundError:
+        return None
+    return folder if _holds_model(folder) else None
+
+
+def download_released_model(name: str, cache_dir: str | None = None) -> str:
+    """Download `name`'s config, vocabulary and weights (safetensors, else the older
+    pytorch_model.bin) into the Hugging Face cache; one clear error when that is impossible."""
+    try:
+        folder = huggingface_hub.snapshot_download(name, cache_dir=cache_dir,
+                                                   allow_patterns=[CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE])
+        if not os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
+            folder = huggingface_hub.snapshot_download(name, cache_dir=cache_dir, allow_patterns=[PYTORCH_WEIGHTS_FILE])
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise FileNotFoundError(_unavailable_message(name, cache_dir, error)) from None
+    if not _holds_model(folder):
+        raise FileNotFoundError(f"{name} on the Hugging Face Hub has no {CONFIG_FILE} with {WEIGHTS_FILE} or "
+                                f"{PYTORCH_WEIGHTS_FILE}")
+    return folder
+
+
+def _unavailable_message(name: str, cache_dir: str | None, error: Exception) -> str:
+    cache = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+    if isinstance(error.__cause__, OfflineModeIsEnabled) or isinstance(error, OfflineModeIsEnabled):
+        reason = "HF_HUB_OFFLINE is set"
+    elif isinstance(error, HfHubHTTPError) and error.response is not None:
+        reason = f"the Hub answered HTTP {error.response.status_code}"
+    else:
+        reason = "the Hub could not be reached: " + (str(error.__cause__ or error).splitlines() or ["?"])[0]
+    return (f"{name} is not in the Hugging Face cache ({cache}) and was not downloaded ({reason}). With internet "
+            f"access, run `{download_command(name)}` (the environment of scripts/setup_env.sh has `hf`) with the "
+            "same HF_HOME or HF_HUB_CACHE, or copy a cache that holds it, or pass a model folder's path instead")
+
+
+def download_command(name: str) -> str:
+    """huggingface_hub's command line that puts `name` into the Hugging Face cache."""
+    return f"hf download {name} {CONFIG_FILE} {VOCAB_FILE} {WEIGHTS_FILE}"
 
 
 def read_config(folder: str) -> ElectraConfig:

@@ -148,7 +148,7 @@ class ElectraModel(keras.Model):
     """The ELECTRA encoder: embeddings, optional `embeddings_project`, transformer layers.
 
     `embeddings` may be passed in to share one embedding block between generator and
-    discriminator (SPEC section 4).
+    discriminator (docs/recipe.md, The objective).
     """
 
     def __init__(self, config: ElectraConfig, embeddings: ElectraEmbeddings | None = None,
@@ -289,7 +289,7 @@ class ElectraGenerator(keras.Model):
 
 
 class ElectraPretrainingModel(keras.Model):
-    """Generator + discriminator for replaced-token detection (SPEC section 4).
+    """Generator + discriminator for replaced-token detection (docs/recipe.md, The objective).
 
     The two share one embedding block. The generator's masked-LM head runs only at the masked
     positions (about 15% of tokens), which is where its loss and samples are needed.
@@ -381,7 +381,7 @@ def apply_p_mask(logits: tf.Tensor, p_mask: tf.Tensor | None) -> tf.Tensor:
 
 
 class JointQAHead(keras.layers.Layer):
-    """The XLNet-style head of Google ELECTRA and NVIDIA's recipe (SPEC section 7).
+    """The XLNet-style head of Google ELECTRA and NVIDIA's recipe (docs/recipe.md, SQuAD fine-tuning).
 
     start logits = dense(1)(h_t); end logits given a start s = dense(1)(LayerNorm(tanh(
     dense(hidden)(concat[h_t, h_s])))); for SQuAD 2.0 an answer classifier

@@ -1,8 +1,8 @@
 """Pretraining input pipeline and the per-step math of replaced-token detection.
 
 The input pipeline reads the TFRecords of `build_pretraining_dataset.py` (unmasked examples)
-into int32 batches. Masking happens per step (SPEC section 3), then the generator's samples
-replace the masked tokens and give the discriminator its labels (SPEC section 4).
+into int32 batches. Masking happens per step (docs/recipe.md), then the generator's samples
+replace the masked tokens and give the discriminator its labels.
 
 The per-step functions take an explicit `seed` tensor, either [2] for the whole batch or [B, 2]
 with one seed per row (`row_seeds`: an example's masks and samples then do not depend on how
@@ -228,7 +228,7 @@ def max_predictions_per_seq(mask_prob: float, max_seq_length: int) -> int:
 def mask_tokens(input_ids: tf.Tensor, input_mask: tf.Tensor, mask_prob: float, max_predictions: int,
                 seed: tf.Tensor, mask_id: int = MASK_ID,
                 special_ids: Sequence[int] = (CLS_ID, SEP_ID, MASK_ID)) -> MaskedBatch:
-    """Dynamic masking (SPEC section 3): choose positions uniformly among candidates, without
+    """Dynamic masking (docs/recipe.md): choose positions uniformly among candidates, without
     replacement, and put [MASK] on each with probability 0.85.
 
     num_to_predict = max(1, min(N, round(num_real_tokens x mask_prob))) as in Google's

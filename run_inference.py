@@ -62,7 +62,7 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def resolve_head_settings(args: argparse.Namespace, folder: str) -> None:
-    """Fill the head flags left unset from the folder's config.json (SPEC defaults without one)."""
+    """Fill the head flags left unset from the folder's config.json (the recipe's defaults without one)."""
     saved = read_qa_head_settings(folder) or {}
     defaults = {"joint_head": True, "version_2_with_negative": False, "beam_size": 5}
     for name, default in defaults.items():

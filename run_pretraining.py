@@ -29,7 +29,7 @@ import optimization  # noqa: E402
 import pretrain_utils  # noqa: E402
 import run_utils  # noqa: E402
 from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective  # noqa: E402
-from model_folder import assign_tensors, read_tensors  # noqa: E402
+from model_folder import assign_tensors, read_tensors, resolve_pretraining_folders  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
 from run_utils import RUN_CONFIG_FILE, MetricsLog, compute_policy  # noqa: E402
 from safe_io import UserError  # noqa: E402
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model and objective")
     model.add_argument("--model_name", default="electra_pretraining", help="name of the run, used in logs")
-    model.add_argument("--model_size", choices=sorted(MODEL_SIZES), default="base", help="discriminator size (SPEC section 1)")
+    model.add_argument("--model_size", choices=sorted(MODEL_SIZES), default="base",
+                       help="discriminator size (docs/recipe.md, Model sizes)")
     model.add_argument("--model_config", default=None,
                        help="a discriminator config.json (Hugging Face keys) for a custom size; overrides --model_size")
     model.add_argument("--vocab_size", type=int, default=30522, help="vocabulary size of the TFRecords' ids")
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(a phase-2 run that has its own checkpoints resumes them instead)")
     ckpt.add_argument("--init_checkpoint", default=None,
                       help="folder with discriminator/ and generator/ model folders (Hugging Face layout, e.g. "
-                           "from postprocess_pretrained_ckpt.py or a released ELECTRA) to start from")
+                           "from postprocess_pretrained_ckpt.py) to start from, or google/electra-small, -base or "
+                           "-large: Google's released pair, downloaded into the Hugging Face cache if missing")
     return parser
 
 
@@ -142,7 +144,8 @@ def build_optimizer(args: argparse.Namespace, variables: list) -> keras.optimize
 
 
 class PretrainingMetrics:
-    """Running means of SPEC section 4's metrics between two log lines (discriminator AUC included)."""
+    """Running means of the objective's metrics (docs/recipe.md) between two log lines (discriminator
+    AUC included)."""
 
     NAMES = ("total_loss", "generator_loss", "discriminator_loss", "masked_lm_accuracy", "sampled_accuracy",
              "discriminator_accuracy", "discriminator_precision", "discriminator_recall")
@@ -282,10 +285,11 @@ def restore_or_initialise(args: argparse.Namespace, state: CheckpointState, mode
         load_init_checkpoint(model, args.init_checkpoint)
 
 
-def load_init_checkpoint(model: ElectraPretrainingModel, folder: str) -> None:
+def load_init_checkpoint(model: ElectraPretrainingModel, name_or_path: str) -> None:
     """Start from Hugging Face model folders (weights only: released models carry no optimizer)."""
+    folders = resolve_pretraining_folders(name_or_path)
     for name, part in (("generator", model.generator), ("discriminator", model.discriminator)):
-        source = os.path.join(folder, name)
+        source = folders[name]
         report = assign_tensors(part, read_tensors(source), source=source)
         logger.info("Initialised the %s from %s%s", name, source,
                     f" (unused: {', '.join(report.unused)})" if report.unused else "")

@@ -1,4 +1,5 @@
-"""Fine-tune ELECTRA on SQuAD v1.1 / v2.0, predict answers and evaluate them (SPEC section 7).
+"""Fine-tune ELECTRA on SQuAD v1.1 / v2.0, predict answers and evaluate them (docs/recipe.md,
+SQuAD fine-tuning).
 
 Training: AdamW (epsilon 1e-6, no weight decay on LayerNorm weights and biases) with layer-wise
 learning-rate decay, linear warm-up then linear decay, gradient clipping to norm 1.0, gradient
@@ -40,15 +41,14 @@ import optimization  # noqa: E402
 import run_utils  # noqa: E402
 import squad_utils  # noqa: E402
 from configuration import MODEL_SIZES, ElectraConfig  # noqa: E402
-from model_folder import (CONFIG_FILE, LoadReport, assign_tensors, read_config, read_qa_head_settings,  # noqa: E402
-                          read_tensors, resolve_model_folder, save_model_folder)
+from model_folder import (CONFIG_FILE, VOCAB_FILE, LoadReport, assign_tensors, read_config,  # noqa: E402
+                          read_qa_head_settings, read_tensors, resolve_model_folder, save_model_folder)
 from modeling import ElectraForQuestionAnswering  # noqa: E402
 from run_utils import RUN_CONFIG_FILE, MetricsLog, compute_policy, write_json  # noqa: E402
 from tokenization import WordPieceTokenizer  # noqa: E402
 
 logger = logging.getLogger("run_tf_squad")
 REPO_VOCAB_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vocab", "vocab.txt")
-VOCAB_FILE = "vocab.txt"
 FINAL_MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINTS_KEPT = 2

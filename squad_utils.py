@@ -1,4 +1,4 @@
-"""SQuAD v1.1 / v2.0 for ELECTRA fine-tuning (SPEC section 7), in NumPy only.
+"""SQuAD v1.1 / v2.0 for ELECTRA fine-tuning (docs/recipe.md, SQuAD fine-tuning), in NumPy only.
 
 Four steps, each usable alone:
 - reading: `read_squad_file` checks the JSON (nesting bounded before parsing, see `json_input`),
@@ -25,7 +25,7 @@ Conventions:
   is the minimum over its windows (as Google ELECTRA and NVIDIA do: one window that sees the
   answer is enough), `null_odds = score_null` for the joint head and `score_null - best span
   score` for the plain head (BERT), and the prediction is "" when null_odds > threshold
-  (SPEC default -5.6). NVIDIA's run_inference.py compares the other way round; that is a defect.
+  (default -5.6). NVIDIA's run_inference.py compares the other way round; that is a defect.
 """
 from __future__ import annotations
 
@@ -300,7 +300,7 @@ def _json_type(value: Any) -> str:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Lengths in WordPiece tokens (SPEC section 7 defaults)."""
+    """Lengths in WordPiece tokens (the recipe's defaults, docs/recipe.md)."""
 
     max_seq_length: int = 384
     doc_stride: int = 128
@@ -693,7 +693,7 @@ def _sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Answer decoding settings (SPEC section 7 defaults)."""
+    """Answer decoding settings (the recipe's defaults, docs/recipe.md)."""
 
     n_best_size: int = 20
     max_answer_length: int = 30

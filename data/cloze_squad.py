@@ -29,6 +29,7 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository's li
 import squad_utils  # noqa: E402
 
 logger = logging.getLogger("cloze_squad")
+SAMPLE_CORPUS_DIR = Path(__file__).resolve().parent / "sample_corpus" / "austen"
 
 NAME_SPAN = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*")  # capitalised words inside a sentence
 # Lower-case words of 7 letters or more inside a sentence, but not the frequent function-like
@@ -188,8 +189,8 @@ def write_question_sets(args: argparse.Namespace) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--corpus-dir", default=str(Path(__file__).resolve().parent / "sample_corpus" / "austen"),
-                        help="folder of UTF-8 .txt books")
+    parser.add_argument("--corpus-dir", default=None,
+                        help="folder of UTF-8 .txt books (when not given: this repository's data/sample_corpus/austen)")
     parser.add_argument("--train-books", default="emma,mansfieldpark,northangerabbey,prideprejudice,sensesensibility",
                         help="comma-separated file stems of the books to cut training questions from")
     parser.add_argument("--dev-books", default="persuasion",
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    args.corpus_dir = args.corpus_dir or str(SAMPLE_CORPUS_DIR)
     try:
         write_question_sets(args)
     except (FileNotFoundError, ValueError) as error:

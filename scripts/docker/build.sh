@@ -2,6 +2,7 @@
 # Build the container image from the repository's Dockerfile, with Docker or Podman.
 #
 # Usage: bash scripts/docker/build.sh [BUILD_ARGS...]
+# Example: bash scripts/docker/build.sh --build-arg ACCELERATOR=cpu
 #   Extra arguments go to `docker build` / `podman build`, e.g.
 #     bash scripts/docker/build.sh                                              # GPU image
 #     bash scripts/docker/build.sh --build-arg HOROVOD_BUILD_CUDA_CC_LIST=80,90  # faster Horovod build
@@ -17,10 +18,8 @@
 # most of it Horovod's CUDA build.
 set -euo pipefail
 
-if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
-  exit 0
-fi
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/args.sh"
+electra_help_if_asked "${1:-}"
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_dir="$(cd "$script_dir/../.." && pwd)"

@@ -3,6 +3,7 @@
 # and the results folder mounted, and run COMMAND in it (default: an interactive bash).
 #
 # Usage: bash scripts/docker/launch.sh [COMMAND [ARGS...]]
+# Example: bash scripts/docker/launch.sh bash scripts/quickstart.sh
 #   e.g. bash scripts/docker/launch.sh bash scripts/quickstart.sh
 #        bash scripts/docker/launch.sh bash scripts/run_pretraining.sh
 # Mounts (host -> container):
@@ -29,10 +30,8 @@
 # to the container's user (root; with rootless Podman, you).
 set -euo pipefail
 
-if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
-  exit 0
-fi
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/args.sh"
+electra_help_if_asked "${1:-}"
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo_dir="$(cd "$script_dir/../.." && pwd)"

@@ -5,6 +5,7 @@
 #   bash scripts/docker/build.sh --build-arg BASE_IMAGE=<printed name> --build-arg ACCELERATOR=cpu
 #
 # Usage: bash scripts/docker/make_base_image.sh
+# Example: IMAGE=$(bash scripts/docker/make_base_image.sh)
 #   Prints the image name on standard output (progress goes to standard error). The tag is a hash
 #   of the suite, package list and mirror: when the engine already has that image, nothing is
 #   made again (about 2 minutes otherwise, most of it downloading packages).
@@ -17,10 +18,8 @@
 # Needs root and debootstrap (apt-get install debootstrap).
 set -euo pipefail
 
-if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
-  exit 0
-fi
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/args.sh"
+electra_help_if_asked "${1:-}"
 if (( $# )); then echo "error: unknown argument '$1' (see --help)" >&2; exit 2; fi
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
