@@ -128,6 +128,7 @@ def model_source(args: argparse.Namespace) -> tuple[ElectraConfig, str | None]:
             folder = discriminator
         if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
             return read_config(folder), folder
+        logger.warning("%s has no %s: its architecture is --electra_model %s", folder, CONFIG_FILE, args.electra_model)
         return config_of(args.electra_model), folder
     if args.electra_model in MODEL_SIZES:
         logger.warning("No --init_checkpoint: the %s model starts from random weights", args.electra_model)

@@ -14,6 +14,7 @@ import optimization
 import run_utils
 from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective
 from modeling import ElectraPretrainingModel
+from safe_io import UserError
 
 
 def add_model_flags(group: argparse._ArgumentGroup) -> None:
@@ -51,8 +52,15 @@ def add_optimizer_flags(group: argparse._ArgumentGroup) -> None:
 
 def discriminator_config_from_args(args: argparse.Namespace) -> ElectraConfig:
     if args.model_config:
-        return ElectraConfig.from_json_file(args.model_config)
-    return ElectraConfig.from_size(args.model_size, vocab_size=args.vocab_size)
+        config = ElectraConfig.from_json_file(args.model_config)
+        source = f"max_position_embeddings in {args.model_config}"
+    else:
+        config = ElectraConfig.from_size(args.model_size, vocab_size=args.vocab_size)
+        source = f"the {args.model_size} model's max_position_embeddings"
+    if config.max_position_embeddings < args.max_seq_length:
+        raise UserError(f"{source} is {config.max_position_embeddings}, below --max_seq_length "
+                        f"{args.max_seq_length}: raise it or pass a smaller --max_seq_length")
+    return config
 
 
 def build_model(args: argparse.Namespace) -> ElectraPretrainingModel:

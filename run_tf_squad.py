@@ -94,6 +94,12 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     finetuning.check_optimisation_flags(parser, args)
     run_utils.require_at_least_one(parser, args, ("predict_batch_size", "beam_size", "n_best_size",
                                                   "max_answer_length"))
+    try:
+        squad_utils.FeatureConfig(args.max_seq_length, args.doc_stride, args.max_query_length).check()
+        if args.joint_head:
+            squad_utils.check_beam_fits(args.beam_size, args.max_seq_length)
+    except ValueError as error:
+        parser.error(str(error))
     version = "v2.0" if args.version_2_with_negative else "v1.1"
     for flag, stem, wanted in (("train_file", "train", args.do_train), ("predict_file", "dev", args.do_predict)):
         if wanted and getattr(args, flag) is None:
