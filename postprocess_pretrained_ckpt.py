@@ -80,6 +80,7 @@ def restore_pretraining_model(checkpoint: str) -> ElectraPretrainingModel:
 def postprocess(checkpoint: str, output_dir: str, vocab_file: str | None) -> dict[str, str]:
     """Write both model folders; returns {"discriminator": folder, "generator": folder}."""
     model = restore_pretraining_model(checkpoint)
+    writable_output_dir(output_dir, "--output_dir")  # after the checks: a failed export leaves no folder
     folders = {}
     for part in ("discriminator", "generator"):
         folder = os.path.join(output_dir, part)
@@ -97,7 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.vocab_file and not os.path.isfile(args.vocab_file):
             raise FileNotFoundError(f"vocab file not found: {args.vocab_file}")
-        writable_output_dir(args.output_dir, "--output_dir")
         checkpoint = resolve_checkpoint(args.pretrained_checkpoint, args.pretrained_checkpoint)
         postprocess(checkpoint, args.output_dir, args.vocab_file)
     except (FileNotFoundError, ValueError) as error:
