@@ -18,9 +18,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import run_utils  # noqa: E402
 import squad_utils  # noqa: E402
+from finetuning import add_tokenizer_flags, check_vocab_fits, model_source, vocab_file_for  # noqa: E402
 from model_folder import read_qa_head_settings  # noqa: E402
-from run_tf_squad import (check_head_is_trained, check_vocab_fits, decode_config, load_qa_model,  # noqa: E402
-                          model_source, vocab_file_for)
+from squad_finetuning import (add_decode_flags, add_feature_flags, check_head_is_trained, decode_config,  # noqa: E402
+                              load_qa_model)
 from tokenization import WordPieceTokenizer  # noqa: E402
 
 logger = logging.getLogger("run_inference")
@@ -39,17 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam_size", type=int, default=None, help="joint head beam (default: the folder's)")
     parser.add_argument("--version_2_with_negative", action=argparse.BooleanOptionalAction, default=None,
                         help="allow 'no answer' (default: as the folder was trained)")
-    parser.add_argument("--null_score_diff_threshold", type=float, default=-5.6,
-                        help="no answer when the null odds exceed this (SQuAD 2.0 models)")
-    parser.add_argument("--n_best_size", type=int, default=20, help="candidate answers considered")
-    parser.add_argument("--max_answer_length", type=int, default=30, help="longest answer in tokens")
-    parser.add_argument("--max_seq_length", type=int, default=384, help="WordPiece tokens per window")
-    parser.add_argument("--doc_stride", type=int, default=128, help="tokens between the starts of consecutive windows")
-    parser.add_argument("--max_query_length", type=int, default=64, help="questions are cut to this many tokens")
-    parser.add_argument("--vocab_file", default=None,
-                        help="WordPiece vocab.txt (default: the model folder's, else the repository's)")
-    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
-                        help="lower-case and strip accents (uncased models)")
+    add_decode_flags(parser)
+    add_feature_flags(parser)
+    add_tokenizer_flags(parser)
     return parser
 
 

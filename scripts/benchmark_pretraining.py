@@ -66,16 +66,28 @@ def time_steps(run_step: Callable[[int], None], warmup: int, steps: int) -> list
     return durations
 
 
-def tensorflow_step(args: argparse.Namespace, precision: str, xla: bool, batches: list) -> Callable[[int], None]:
-    import run_pretraining
+def pretraining_settings(flags: list[str]) -> argparse.Namespace:
+    """run_pretraining.py's model, optimizer, precision and engine settings: its defaults, then `flags`."""
+    import pretraining
+    import run_utils
 
-    flags = ["--model_size", args.model_size, "--pretrain_tfrecords", "unused", "--train_batch_size",
-             str(args.batch_size), "--max_seq_length", str(args.max_seq_length), "--num_train_steps", "1000",
-             "--num_warmup_steps", "10", "--xla" if xla else "--no-xla"]
+    parser = argparse.ArgumentParser()
+    pretraining.add_model_flags(parser)
+    pretraining.add_optimizer_flags(parser)
+    run_utils.add_precision_flags(parser, xla_help="XLA-compile the training step")
+    run_utils.add_engine_flags(parser)
+    return parser.parse_args(flags)
+
+
+def tensorflow_step(args: argparse.Namespace, precision: str, xla: bool, batches: list) -> Callable[[int], None]:
+    import pretraining
+
+    flags = ["--model_size", args.model_size, "--max_seq_length", str(args.max_seq_length), "--num_train_steps",
+             "1000", "--num_warmup_steps", "10", "--xla" if xla else "--no-xla"]
     if precision == "bf16":
         flags += ["--amp", "--amp_dtype", "bfloat16"]
-    run_args = run_pretraining.parse_args(flags)
-    trainer = run_pretraining.build_trainer(run_args, run_pretraining.build_model(run_args))
+    run_args = pretraining_settings(flags)
+    trainer = pretraining.build_trainer(run_args, pretraining.build_model(run_args))
 
     def step(i: int) -> None:
         _, update = trainer.step(iter([batches[i % len(batches)]]), i)

@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPO))
 
 import squad_utils  # noqa: E402
 from configuration import ElectraConfig  # noqa: E402
+from finetuning import inference_speed, padded_rows  # noqa: E402
 from model_folder import save_model_folder  # noqa: E402
 from modeling import ElectraDiscriminator  # noqa: E402
-from run_tf_squad import inference_speed, padded_rows  # noqa: E402
+from squad_finetuning import PREDICT_FIELDS  # noqa: E402
 from tokenization import WordPieceTokenizer  # noqa: E402
 
 SAMPLE_BOOK = REPO / "data" / "sample_corpus" / "austen" / "emma.txt"
@@ -106,8 +107,9 @@ def torch_inference(args: argparse.Namespace, work: Path, fine_tuned: Path) -> d
     model = transformers.ElectraForQuestionAnswering.from_pretrained(fine_tuned).eval()
     seconds = []
     with torch.inference_mode():
+        inputs = {name: getattr(features, name) for name in PREDICT_FIELDS}
         for start in range(0, len(features), args.predict_batch_size):
-            batch = padded_rows(features, start, args.predict_batch_size)
+            batch = padded_rows(inputs, start, args.predict_batch_size)
             began = time.perf_counter()
             model(input_ids=torch.from_numpy(batch["input_ids"]).long(),
                   attention_mask=torch.from_numpy(batch["input_mask"]).long(),

@@ -189,6 +189,7 @@ def test_pretraining_starts_from_a_released_pair_by_name(released: dict, tmp_pat
 import json, numpy as np, run_pretraining
 from model_folder import read_tensors, hf_parameters
 args = run_pretraining.parse_args(["--model_config", {str(config_file)!r}, "--generator_hidden_size", "0.5",
+                                    "--max_seq_length", "32",
                                     "--pretrain_tfrecords", "unused", "--init_checkpoint", "google/electra-small"])
 model = run_pretraining.build_model(args)
 run_pretraining.load_init_checkpoint(model, args.init_checkpoint)
