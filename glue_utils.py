@@ -84,10 +84,6 @@ class GlueTask:
     def is_regression(self) -> bool:
         return self.labels is None
 
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.labels is None else len(self.labels)
-
 
 BINARY = ("0", "1")
 NLI_LABELS = ("contradiction", "entailment", "neutral")  # BERT's and ELECTRA's order
