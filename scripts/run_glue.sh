@@ -46,8 +46,8 @@ mode=${13:-"train_eval"}
 env=${14:-"interactive"}
 max_steps=${15:-"-1"}
 vocab_file=${16:-"$repo_dir/vocab/vocab.txt"}
-if [ "$precision" = "amp" ]; then default_xla=true; else default_xla=false; fi
-xla=${17:-"$default_xla"}
+source "$repo_dir/scripts/finetune_flags.sh"
+xla=${17:-"$(default_xla "$precision")"}
 extra_flags=("${@:18}")
 
 if [ "$glue_dir" = "default" ]; then
@@ -59,16 +59,7 @@ if [ "$glue_dir" = "default" ]; then
   esac
   glue_dir="$repo_dir/data/download/glue/$folder"
 fi
-case "$env" in
-  interactive|cluster) ;;
-  *) echo "env must be interactive or cluster, got '$env'" >&2; exit 2 ;;
-esac
-processes=$num_gpu
-if [ "$env" = "cluster" ]; then processes=1; fi
-if [ "$mode" = "eval" ] || [ "$mode" = "prediction" ]; then
-  if [ "$num_gpu" != "1" ]; then echo "num_gpu=$num_gpu: $mode mode only predicts, which runs in one process."; fi
-  processes=1
-fi
+finetune_processes "$num_gpu" "$env" "$mode" || exit 2
 
 flags=(--task_name "$task_name" --electra_model "$electra_model" --data_dir "$glue_dir"
        --output_dir "$results_dir" --vocab_file "$vocab_file" --do_lower_case
@@ -76,16 +67,7 @@ flags=(--task_name "$task_name" --electra_model "$electra_model" --data_dir "$gl
        --predict_batch_size "$infer_batch_size" --learning_rate "$learning_rate" --seed "$seed"
        --max_seq_length 128)
 if [ "$init_checkpoint" != "None" ]; then flags+=(--init_checkpoint "$init_checkpoint"); fi
-case "$precision" in
-  amp) flags+=(--amp) ;;
-  tf32|fp32) flags+=(--no-amp) ;;
-  *) echo "precision must be amp, tf32 or fp32, got '$precision'" >&2; exit 2 ;;
-esac
-case "$xla" in
-  true) flags+=(--xla) ;;
-  false) flags+=(--no-xla) ;;
-  *) echo "xla must be true or false, got '$xla'" >&2; exit 2 ;;
-esac
+add_precision_flags "$precision" "$xla" || exit 2
 case "$mode" in
   train) flags+=(--do_train) ;;
   eval) flags+=(--do_eval) ;;

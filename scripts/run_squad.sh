@@ -39,20 +39,11 @@ env=${14:-"interactive"}
 cache_dir=${15:-"$squad_dir"}
 max_steps=${16:-"-1"}
 vocab_file=${17:-"$repo_dir/vocab/vocab.txt"}
-if [ "$precision" = "amp" ]; then default_xla=true; else default_xla=false; fi
-xla=${18:-"$default_xla"}
+source "$repo_dir/scripts/finetune_flags.sh"
+xla=${18:-"$(default_xla "$precision")"}
 extra_flags=("${@:19}")
 
-case "$env" in
-  interactive|cluster) ;;
-  *) echo "env must be interactive or cluster, got '$env'" >&2; exit 2 ;;
-esac
-processes=$num_gpu
-if [ "$env" = "cluster" ]; then processes=1; fi
-if [ "$mode" = "eval" ] || [ "$mode" = "prediction" ]; then
-  if [ "$num_gpu" != "1" ]; then echo "num_gpu=$num_gpu: $mode mode only predicts, which runs in one process."; fi
-  processes=1
-fi
+finetune_processes "$num_gpu" "$env" "$mode" || exit 2
 
 flags=(--electra_model "$electra_model" --data_dir "$squad_dir" --output_dir "$results_dir"
        --cache_dir "$cache_dir" --vocab_file "$vocab_file" --do_lower_case
@@ -62,16 +53,7 @@ flags=(--electra_model "$electra_model" --data_dir "$squad_dir" --output_dir "$r
        --max_seq_length 384 --doc_stride 128 --max_query_length 64
        --joint_head --beam_size 5 --null_score_diff_threshold -5.6)
 if [ "$init_checkpoint" != "None" ]; then flags+=(--init_checkpoint "$init_checkpoint"); fi
-case "$precision" in
-  amp) flags+=(--amp) ;;
-  tf32|fp32) flags+=(--no-amp) ;;
-  *) echo "precision must be amp, tf32 or fp32, got '$precision'" >&2; exit 2 ;;
-esac
-case "$xla" in
-  true) flags+=(--xla) ;;
-  false) flags+=(--no-xla) ;;
-  *) echo "xla must be true or false, got '$xla'" >&2; exit 2 ;;
-esac
+add_precision_flags "$precision" "$xla" || exit 2
 case "$squad_version" in
   1.1) flags+=(--no-version_2_with_negative) ;;
   2.0) flags+=(--version_2_with_negative) ;;
