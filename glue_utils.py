@@ -240,11 +240,12 @@ def _sorted_labels(values: set[str]) -> tuple[str, ...]:
 
 def _column_values(path: str, column: int) -> set[str]:
     lines = _read_lines(path)
-    next(lines, None)
+    _, header = next(lines, (1, []))
     values = set()
     for number, fields in lines:
         if len(fields) <= column:
-            raise GlueDataError(f"{path}, line {number}: {len(fields)} columns, fewer than the header's; fix the line")
+            raise GlueDataError(f"{path}, line {number}: {len(fields)} tab-separated columns, the header names "
+                                f"{len(header)}; fix the line")
         values.add(fields[column])
     if not values:
         raise GlueDataError(f"{path}: no examples below the header")
