@@ -4,6 +4,9 @@
 #                                        (ENV=cluster) and in the modes that only predict (eval, prediction)
 #   add_precision_flags PRECISION XLA     appends --amp/--no-amp and --xla/--no-xla to the array `flags`
 #   default_xla PRECISION                 prints XLA's default: true with amp, false otherwise
+#   launch_finetuning PROGRAM RESULTS_DIR EXTRA...  runs `python PROGRAM "${flags[@]}" EXTRA...` as
+#                                        `processes` processes (scripts/launch_processes.sh), the
+#                                        output also in RESULTS_DIR/logfile.txt
 # Each returns 2 with a message on a value it does not know.
 finetune_processes() {
   local num_gpu=$1 env=$2 mode=$3
@@ -35,4 +38,14 @@ add_precision_flags() {
     false) flags+=(--no-xla) ;;
     *) echo "xla must be true or false, got '$xla'" >&2; return 2 ;;
   esac
+}
+
+launch_finetuning() {
+  local program=$1 results_dir=$2
+  shift 2
+  source "$(dirname "${BASH_SOURCE[0]}")/launch_processes.sh"
+  mkdir -p "$results_dir"
+  local command=(python "$program" "${flags[@]}" "$@")
+  echo "$processes process(es): ${command[*]}"
+  launch_processes "$processes" "${command[@]}" 2>&1 | tee "$results_dir/logfile.txt"
 }

@@ -77,8 +77,4 @@ case "$mode" in
   *) echo "mode must be train, eval, train_eval, prediction or train_eval_predict, got '$mode'" >&2; exit 2 ;;
 esac
 
-source "$repo_dir/scripts/launch_processes.sh"
-mkdir -p "$results_dir"
-command=(python "$repo_dir/run_tf_glue.py" "${flags[@]}" "${extra_flags[@]}")
-echo "$processes process(es): ${command[*]}"
-launch_processes "$processes" "${command[@]}" 2>&1 | tee "$results_dir/logfile.txt"
+launch_finetuning "$repo_dir/run_tf_glue.py" "$results_dir" "${extra_flags[@]}"
