@@ -36,7 +36,8 @@ def test_readme_model_folder_example_runs(repo_root: Path, tmp_path: Path):
 
 
 PROGRAMS = ("build_pretraining_dataset.py", "data/dataPrep.py", "data/cloze_squad.py", "run_pretraining.py",
-            "postprocess_pretrained_ckpt.py", "run_tf_squad.py", "run_inference.py",
+            "postprocess_pretrained_ckpt.py", "run_tf_squad.py", "run_inference.py", "run_tf_glue.py",
+            "run_glue_inference.py", "data/austen_glue_tasks.py",
             "scripts/benchmark_pretraining.py", "scripts/benchmark_squad.py", "scripts/benchmark_data.py")
 
 
