@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from safe_io import UserError
 from tokenization import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ FEATURIZE_CHUNK = 4096
 CUSTOM_COLUMNS = ("text_a", "text_b", "label", "score", "index")
 
 
-class GlueDataError(ValueError):
+class GlueDataError(UserError):
     """A task file that cannot be read as the task's TSV layout; the message names the file,
     the line and the fix."""
 

@@ -12,7 +12,6 @@ and `classifier.out_proj` with its `num_labels`, `id2label`, `label2id` and `pro
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
@@ -24,9 +23,10 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from configuration import ElectraConfig
+from configuration import ElectraConfig, is_positive_integer, read_json_file
 from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraForSequenceClassification,
                       ElectraGenerator, ElectraLayer, ElectraModel, JointQAHead)
+from safe_io import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,16 @@ ARCHITECTURES = {ElectraModel: "ElectraModel", ElectraDiscriminator: "ElectraFor
 # The plain QA head is transformers' ElectraForQuestionAnswering; the joint head has no
 # transformers class, so its folders name one that says so.
 QA_ARCHITECTURES = {False: "ElectraForQuestionAnswering", True: "ElectraForQuestionAnsweringJointHead"}
-QA_HEAD_SETTINGS = ("joint_head", "version_2_with_negative", "beam_size")
+# The keys a QA folder's config.json adds, with (requirement in words, test).
+QA_HEAD_SETTINGS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "joint_head": ("true or false", lambda value: isinstance(value, bool)),
+    "version_2_with_negative": ("true or false", lambda value: isinstance(value, bool)),
+    "beam_size": ("a positive integer", is_positive_integer),
+}
 CLASSIFIER_ARCHITECTURE = "ElectraForSequenceClassification"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UserError):
     """A model folder whose files do not fit the model they are loaded into."""
 
 
@@ -197,28 +202,40 @@ def _cached_snapshot(repo_dir: str) -> str | None:
 
 
 def read_config(folder: str) -> ElectraConfig:
-    return ElectraConfig.from_json_file(os.path.join(folder, CONFIG_FILE))
+    """The architecture in the folder's config.json (every key checked, see `read_folder_config`)."""
+    return read_folder_config(folder)[0]
 
 
 def read_qa_head_settings(folder: str) -> dict[str, Any] | None:
     """The QA head a fine-tuned folder holds (`joint_head`, `version_2_with_negative`,
-    `beam_size` from its config.json), or None for a folder without one."""
-    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
-        content = json.load(f)
-    if "joint_head" not in content:
+    `beam_size` from its config.json), or None for a folder without one or without config.json
+    (whose architecture then comes from elsewhere, e.g. run_tf_squad.py's --electra_model)."""
+    if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
         return None
+    return read_folder_config(folder)[1]
+
+
+def read_folder_config(folder: str) -> tuple[ElectraConfig, dict[str, Any] | None]:
+    """The folder's config.json, every key this code uses checked at once: the architecture
+    and, for a fine-tuned QA folder, its head settings. Errors name the file and the key."""
+    path = os.path.join(folder, CONFIG_FILE)
+    content = read_json_file(path)
+    config = ElectraConfig.from_dict(content, source=path)
+    if "joint_head" not in content:
+        return config, None
     settings = {key: content[key] for key in QA_HEAD_SETTINGS if key in content}
-    if not isinstance(settings["joint_head"], bool) or not isinstance(settings.get("beam_size", 1), int):
-        raise ModelFolderError(f"{folder}/{CONFIG_FILE}: joint_head must be true/false and beam_size an integer")
-    return settings
+    for key, value in settings.items():
+        requirement, accepts = QA_HEAD_SETTINGS[key]
+        if not accepts(value):
+            raise ModelFolderError(f"{path}: {key} must be {requirement}, got {value!r}")
+    return config, settings
 
 
 def read_classifier_labels(folder: str) -> tuple[bool, tuple[str, ...] | None]:
     """(whether the folder holds a sequence classifier, its class names in id order or None for a
     regression head), from config.json as transformers writes it (num_labels 1 means regression)."""
     path = os.path.join(folder, CONFIG_FILE)
-    with open(path, encoding="utf-8") as f:
-        content = json.load(f)
+    content = read_json_file(path)
     if CLASSIFIER_ARCHITECTURE not in (content.get("architectures") or []):
         return False, None
     id2label = content.get("id2label") or {}
@@ -235,7 +252,8 @@ def read_classifier_labels(folder: str) -> tuple[bool, tuple[str, ...] | None]:
 
 
 def read_tensors(folder: str) -> dict[str, np.ndarray]:
-    """The folder's tensors under canonical names, as float32 NumPy arrays."""
+    """The folder's tensors under canonical names, as float32 NumPy arrays; a file that cannot
+    be read, or holds anything but real finite numbers, is one `ModelFolderError` naming it."""
     path = os.path.join(folder, WEIGHTS_FILE)
     if os.path.isfile(path):
         try:
@@ -243,21 +261,65 @@ def read_tensors(folder: str) -> dict[str, np.ndarray]:
         except (SafetensorError, OSError) as error:
             raise ModelFolderError(f"{path}: not a readable safetensors file ({error})") from None
     elif os.path.isfile(os.path.join(folder, PYTORCH_WEIGHTS_FILE)):
-        tensors = _read_pytorch_weights(os.path.join(folder, PYTORCH_WEIGHTS_FILE))
+        path = os.path.join(folder, PYTORCH_WEIGHTS_FILE)
+        tensors = _read_pytorch_weights(path)
     else:
         raise FileNotFoundError(f"no {WEIGHTS_FILE} (or {PYTORCH_WEIGHTS_FILE}) in {folder}")
-    return {canonical_name(k): np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    return {canonical_name(name): _finite_float32(value, name, path) for name, value in tensors.items()}
+
+
+def _finite_float32(value: np.ndarray, name: str, path: str) -> np.ndarray:
+    """A tensor as the model holds it, float32, refused when that is not a faithful copy:
+    complex or boolean values, or values that are NaN or infinite (a diverged run, a corrupt
+    file) or beyond float32's range."""
+    if value.dtype.kind in "cb":
+        raise ModelFolderError(f"{path}: tensor {name} holds {value.dtype} values, expected real numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.asarray(value, dtype=np.float32)
+    bad = converted.size - int(np.count_nonzero(np.isfinite(converted)))
+    if bad:
+        raise ModelFolderError(f"{path}: tensor {name} has {bad} of {converted.size} values that are NaN, "
+                               "infinite or beyond float32's range: the run that wrote it diverged or the file "
+                               "is corrupt")
+    return converted
 
 
 def _read_pytorch_weights(path: str) -> dict[str, np.ndarray]:
-    """Released checkpoints older than safetensors; needs PyTorch, loads tensors only."""
+    """Released checkpoints older than safetensors; needs PyTorch, loads tensors only
+    (`weights_only=True`: no code in the file runs). Anything but a dict of real tensors by
+    name is one `ModelFolderError`."""
     try:
         import torch
     except ImportError:
         raise ModelFolderError(f"{path}: reading {PYTORCH_WEIGHTS_FILE} needs PyTorch; install it "
                                f"or convert the folder to {WEIGHTS_FILE}") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in state.items()}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- whatever the unpickler meets, the file is unreadable
+        raise ModelFolderError(f"{path}: not a readable PyTorch weights file ({_torch_load_problem(error)}); "
+                               f"it may be truncated or not a state dict: download it again or convert the "
+                               f"folder to {WEIGHTS_FILE}") from None
+    if not isinstance(state, dict):
+        raise ModelFolderError(f"{path}: holds an object of type {type(state).__name__}, expected a dict of "
+                               "tensors by name")
+    tensors = {}
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise ModelFolderError(f"{path}: entry {name!r} holds an object of type {type(value).__name__}, "
+                                   "expected a dict of tensors by name")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise ModelFolderError(f"{path}: tensor {name} holds {value.dtype} values, expected real numbers")
+        tensors[name] = value.float().numpy()
+    return tensors
+
+
+def _torch_load_problem(error: Exception) -> str:
+    """The informative part of a torch.load error: the unpickler's own reason when there is one
+    (not its advice to load without weights_only), else the first sentence."""
+    message = str(error)
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    sentence = (reason.group(1) if reason else message).strip().split("\n")[0].split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
 
 
 def assign_tensors(model: keras.Model, tensors: Mapping[str, np.ndarray], source: str) -> LoadReport:

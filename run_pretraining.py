@@ -32,6 +32,7 @@ from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective  # no
 from model_folder import assign_tensors, read_tensors  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
 from run_utils import RUN_CONFIG_FILE, MetricsLog, compute_policy  # noqa: E402
+from safe_io import UserError  # noqa: E402
 
 logger = logging.getLogger("run_pretraining")
 
@@ -111,8 +112,15 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 def discriminator_config_from_args(args: argparse.Namespace) -> ElectraConfig:
     if args.model_config:
-        return ElectraConfig.from_json_file(args.model_config)
-    return ElectraConfig.from_size(args.model_size, vocab_size=args.vocab_size)
+        config = ElectraConfig.from_json_file(args.model_config)
+        source = f"max_position_embeddings in {args.model_config}"
+    else:
+        config = ElectraConfig.from_size(args.model_size, vocab_size=args.vocab_size)
+        source = f"the {args.model_size} model's max_position_embeddings"
+    if config.max_position_embeddings < args.max_seq_length:
+        raise UserError(f"{source} is {config.max_position_embeddings}, below --max_seq_length "
+                        f"{args.max_seq_length}: raise it or pass a smaller --max_seq_length")
+    return config
 
 
 def build_model(args: argparse.Namespace) -> ElectraPretrainingModel:

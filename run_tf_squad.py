@@ -141,6 +141,12 @@ def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
                                                   "n_best_size", "max_answer_length", "log_freq"))
     if not 0.0 <= args.warmup_proportion < 1.0:
         parser.error("--warmup_proportion must be in [0, 1)")
+    try:
+        squad_utils.FeatureConfig(args.max_seq_length, args.doc_stride, args.max_query_length).check()
+        if args.joint_head:
+            squad_utils.check_beam_fits(args.beam_size, args.max_seq_length)
+    except ValueError as error:
+        parser.error(str(error))
     version = "v2.0" if args.version_2_with_negative else "v1.1"
     for flag, stem, wanted in (("train_file", "train", args.do_train), ("predict_file", "dev", args.do_predict)):
         if wanted and getattr(args, flag) is None:
@@ -161,6 +167,7 @@ def model_source(args: argparse.Namespace) -> tuple[ElectraConfig, str | None]:
             folder = discriminator
         if os.path.isfile(os.path.join(folder, CONFIG_FILE)):
             return read_config(folder), folder
+        logger.warning("%s has no %s: its architecture is --electra_model %s", folder, CONFIG_FILE, args.electra_model)
         return config_of(args.electra_model), folder
     if args.electra_model in MODEL_SIZES:
         logger.warning("No --init_checkpoint: the %s model starts from random weights", args.electra_model)

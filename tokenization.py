@@ -8,6 +8,7 @@ punctuation, accented Latin letters when uncased) takes a faster path with the s
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import unicodedata
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from tokenizers import Tokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from safe_io import UserError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,16 +63,23 @@ def load_vocab(vocab_file: str) -> dict[str, int]:
     if not os.path.isfile(vocab_file):
         raise FileNotFoundError(f"vocab file not found: {vocab_file} (expected a BERT-style "
                                 "vocab.txt with one WordPiece token per line)")
+    with open(vocab_file, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_number = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"vocab file {vocab_file}: line {line_number} is not UTF-8 ({error.reason} at "
+                        f"byte {error.start}); save it as UTF-8 text") from None
     vocab: dict[str, int] = {}
-    with open(vocab_file, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            token = line.rstrip("\n")
-            if token and token not in vocab:
-                vocab[token] = index
+    for index, line in enumerate(io.StringIO(text, newline=None)):  # universal newlines, as open()
+        token = line.rstrip("\n")
+        if token and token not in vocab:
+            vocab[token] = index
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
-        raise ValueError(f"vocab file {vocab_file} lacks the special tokens {missing}; "
-                         "expected a BERT WordPiece vocab.txt")
+        raise UserError(f"vocab file {vocab_file} lacks the special tokens {missing}; "
+                        "expected a BERT WordPiece vocab.txt")
     return vocab
 
 

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -29,18 +28,21 @@ from pathlib import Path
 
 import requests
 
-from download_utils import (DownloadError, RetryPolicy, download_file, fetch_text,
+REPO_DIR = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO_DIR))  # the repository's library modules (safe_io)
+
+from download_utils import (DownloadError, RetryPolicy, download_file, fetch_text,  # noqa: E402
                             parse_checksum_listing)
-from glue_download import GLUE_TASK_FOLDERS, download_glue, task_folders
-from sentence_segmentation import (SEGMENTATION_METHODS, SegmenterUnavailableError,
+from glue_download import GLUE_TASK_FOLDERS, download_glue, task_folders  # noqa: E402
+from sentence_segmentation import (SEGMENTATION_METHODS, SegmenterUnavailableError,  # noqa: E402
                                    default_segmentation_method)
-from text_formatting import (DOCUMENT_BOUNDARIES, list_text_files, text_file_articles,
+from text_formatting import (DOCUMENT_BOUNDARIES, list_text_files, text_file_articles,  # noqa: E402
                              wikiextractor_articles, write_articles)
-from text_sharding import shard_corpus
+from text_sharding import shard_corpus  # noqa: E402
+from safe_io import staged_outputs  # noqa: E402
 
 logger = logging.getLogger("dataPrep")
 
-REPO_DIR = Path(__file__).resolve().parent.parent
 WIKI_DUMP_URL = "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2"
 WIKI_SHA1SUMS_URL = "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-sha1sums.txt"
 # BookCorpus has no official distribution. This is a widely used plain-text snapshot ("books1",
@@ -176,12 +178,13 @@ def run_wikiextractor(dump: Path, output_dir: Path, n_processes: int) -> None:
     if not dump.is_file():
         raise FileNotFoundError(f"Wikipedia dump not found: {dump} (run --action download "
                                 "--dataset wikicorpus_en, or pass the dump with --input_files)")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # stale files from an earlier run would be read twice
-    command = [sys.executable, "-m", "wikiextractor.WikiExtractor", str(dump), "-o",
-               str(output_dir), "-b", "100M", "--processes", str(n_processes), "--json"]
-    logger.info("running %s", " ".join(command))
-    subprocess.run(command, check=True)
+    # A fresh folder (stale files of an earlier run would be read twice) that replaces the
+    # earlier extraction only once this one succeeds.
+    with staged_outputs(output_dir) as staging:
+        command = [sys.executable, "-m", "wikiextractor.WikiExtractor", str(dump), "-o",
+                   str(staging), "-b", "100M", "--processes", str(n_processes), "--json"]
+        logger.info("running %s", " ".join(command))
+        subprocess.run(command, check=True)
 
 
 def text_formatting(args: argparse.Namespace) -> None:
@@ -226,9 +229,10 @@ def sharding(args: argparse.Namespace) -> None:
     if missing:
         raise FileNotFoundError(f"formatted text not found: {', '.join(missing)} (run --action "
                                 "text_formatting first)")
-    result = shard_corpus(inputs, sharded_dir(args), args.dataset, args.n_training_shards,
-                          args.n_test_shards, args.fraction_test_set, args.random_seed,
-                          args.segmentation_method, args.n_processes, show_progress=True)
+    with staged_outputs(sharded_dir(args)) as staging:  # replaces earlier shards once complete
+        result = shard_corpus(inputs, staging, args.dataset, args.n_training_shards,
+                              args.n_test_shards, args.fraction_test_set, args.random_seed,
+                              args.segmentation_method, args.n_processes, show_progress=True)
     for split, counts in (("training", result.training_sentences),
                           ("test", result.test_sentences)):
         if counts:

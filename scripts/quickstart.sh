@@ -24,6 +24,7 @@
 # the sizes of either mode.
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo_dir/scripts/lib/remove_within.sh"
 all_stages=(data squad_data pretrain postprocess finetune inference)
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -130,25 +131,26 @@ choose_precision() {
   fi
 }
 
-stage_outputs() {  # what a stage writes, removed when it is redone from scratch
+stage_outputs() {  # what a stage writes, one path a line, removed when it is redone from scratch
   case "$1" in
-    data) echo "$results_dir/corpus $results_dir/data" ;;
-    squad_data) echo "$results_dir/squad_data" ;;
-    pretrain) echo "$pretraining_dir" ;;
-    postprocess) echo "$model_dir" ;;
-    finetune) echo "$squad_dir" ;;
-    inference) echo "$results_dir/inference.txt" ;;
+    data) printf '%s\n' "$results_dir/corpus" "$results_dir/data" ;;
+    squad_data) printf '%s\n' "$results_dir/squad_data" ;;
+    pretrain) printf '%s\n' "$pretraining_dir" ;;
+    postprocess) printf '%s\n' "$model_dir" ;;
+    finetune) printf '%s\n' "$squad_dir" ;;
+    inference) printf '%s\n' "$results_dir/inference.txt" ;;
   esac
 }
 
 redo_from_scratch() {  # this stage's outputs go, and every later stage is marked not done
   local stage=$1 later=false name
+  local -a outputs
   for name in "${all_stages[@]}"; do
     if [[ "$name" == "$stage" ]]; then later=true; fi
-    if [[ "$later" == true ]]; then rm -f "$results_dir/.done-$name"; fi
+    if [[ "$later" == true ]]; then remove_within "$results_dir" "$results_dir/.done-$name"; fi
   done
-  # shellcheck disable=SC2046
-  rm -rf $(stage_outputs "$stage")
+  mapfile -t outputs < <(stage_outputs "$stage")
+  remove_within "$results_dir" "${outputs[@]}"
 }
 
 run_stage() {

@@ -4,7 +4,8 @@
 # Usage: bash scripts/slurm/stop_local_slurm.sh [--keep-munge] [--purge]
 #   --keep-munge  leave munged running (by default it is stopped if start_local_slurm.sh
 #                 started it)
-#   --purge       also delete $SLURM_LOCAL_DIR (config, state, logs)
+#   --purge       also delete $SLURM_LOCAL_DIR (config, state, logs), only if it is the folder
+#                 start_local_slurm.sh made (it holds its settings file)
 # Environment: SLURM_LOCAL_DIR (default /tmp/electra-slurm), as for the start script.
 #
 # Order: cancel the jobs, then SIGTERM slurmd and slurmctld by the PIDs in their pid files,
@@ -23,6 +24,7 @@ for arg in "$@"; do
   esac
 done
 
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/remove_within.sh"
 start=$SECONDS
 log() { printf '[stop_local_slurm %3ds] %s\n' "$((SECONDS - start))" "$*"; }
 
@@ -105,7 +107,11 @@ if [[ $keep_munge == 0 && -s "$dir/run/munged.pid" ]]; then
 fi
 
 if [[ $purge == 1 ]]; then
-  rm -rf "$dir"
+  if [[ ! -f "$dir/settings" ]]; then
+    echo "error: not purging $dir: it has no settings file, so start_local_slurm.sh did not make it" >&2
+    exit 1
+  fi
+  remove_within "$(dirname -- "$dir")" "$dir"
   log "removed $dir"
 fi
 log "done in $((SECONDS - start)) s"
