@@ -6,7 +6,8 @@ transpose of a Keras kernel. Encoder names are handled in one canonical form,
 `electra.<name>`; a bare encoder (transformers' `ElectraModel`) stores them without the prefix.
 QA models add their head: the plain head under transformers' `qa_outputs` names, the joint head
 under `qa_head.` (XLNet's pooler names), with `joint_head`, `version_2_with_negative` and
-`beam_size` as extra `config.json` keys.
+`beam_size` as extra `config.json` keys. Sequence classifiers add transformers' `classifier.dense`
+and `classifier.out_proj` with its `num_labels`, `id2label`, `label2id` and `problem_type` keys.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from configuration import ElectraConfig, is_positive_integer, read_json_file
-from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraGenerator, ElectraLayer,
-                      ElectraModel, JointQAHead)
+from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraForSequenceClassification,
+                      ElectraGenerator, ElectraLayer, ElectraModel, JointQAHead)
 from safe_io import UserError
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ QA_HEAD_SETTINGS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "version_2_with_negative": ("true or false", lambda value: isinstance(value, bool)),
     "beam_size": ("a positive integer", is_positive_integer),
 }
+CLASSIFIER_ARCHITECTURE = "ElectraForSequenceClassification"
 
 
 class ModelFolderError(UserError):
@@ -141,6 +143,9 @@ def hf_parameters(model: keras.Model) -> dict[str, HFParameter]:
     elif isinstance(model, ElectraForQuestionAnswering):
         params.update(_joint_qa_head("qa_head", model.qa_head) if model.joint_head
                       else _dense("qa_outputs", model.qa_outputs))
+    elif isinstance(model, ElectraForSequenceClassification):
+        params.update(_dense("classifier.dense", model.classifier.dense))
+        params.update(_dense("classifier.out_proj", model.classifier.out_proj))
     else:
         raise TypeError(f"no Hugging Face names are defined for {type(model).__name__}")
     return params
@@ -263,6 +268,26 @@ def read_folder_config(folder: str) -> tuple[ElectraConfig, dict[str, Any] | Non
         if not accepts(value):
             raise ModelFolderError(f"{path}: {key} must be {requirement}, got {value!r}")
     return config, settings
+
+
+def read_classifier_labels(folder: str) -> tuple[bool, tuple[str, ...] | None]:
+    """(whether the folder holds a sequence classifier, its class names in id order or None for a
+    regression head), from config.json as transformers writes it (num_labels 1 means regression)."""
+    path = os.path.join(folder, CONFIG_FILE)
+    content = read_json_file(path)
+    if CLASSIFIER_ARCHITECTURE not in (content.get("architectures") or []):
+        return False, None
+    id2label = content.get("id2label") or {}
+    try:
+        names = [id2label[key] for key in sorted(id2label, key=int)]
+    except ValueError:
+        raise ModelFolderError(f"{path}: id2label keys must be class ids (0, 1, ...)") from None
+    num_labels = content.get("num_labels", len(names))
+    if content.get("problem_type") == "regression" or num_labels == 1:
+        return True, None
+    if len(names) != num_labels or len(names) < 2:
+        raise ModelFolderError(f"{path}: id2label names {len(names)} classes, num_labels says {num_labels}")
+    return True, tuple(names)
 
 
 def read_tensors(folder: str) -> dict[str, np.ndarray]:
@@ -408,6 +433,8 @@ def save_model_folder(model: keras.Model, folder: str) -> None:
         tensors[key] = np.ascontiguousarray(value.T if param.transpose else value)
     if isinstance(model, ElectraForQuestionAnswering):
         architecture, extra = QA_ARCHITECTURES[model.joint_head], model.head_settings()
+    elif isinstance(model, ElectraForSequenceClassification):
+        architecture, extra = CLASSIFIER_ARCHITECTURE, model.head_settings()
     else:
         architecture, extra = ARCHITECTURES[type(model)], None
     weights_tmp = os.path.join(folder, WEIGHTS_FILE + ".tmp")

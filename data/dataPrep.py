@@ -12,7 +12,8 @@ Actions, in pipeline order (create_datasets_from_start.sh chains them):
 
 Datasets: wikicorpus_en (English Wikipedia), bookscorpus (optional; its mirrors are unreliable),
 books_wiki_en_corpus (both, for sharding and TFRecords), custom (your own text files, given with
---input_files), squad (v1.1 and v2.0 train/dev JSON, download only).
+--input_files), squad (v1.1 and v2.0 train/dev JSON, download only), glue (the GLUE tasks'
+TSV files, download only, into <data-dir>/download/glue/<Task>/; see glue_download.py).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ sys.path.append(str(REPO_DIR))  # the repository's library modules (safe_io)
 
 from download_utils import (DownloadError, RetryPolicy, download_file, fetch_text,  # noqa: E402
                             parse_checksum_listing)
+from glue_download import GLUE_TASK_FOLDERS, download_glue, task_folders  # noqa: E402
 from sentence_segmentation import (SEGMENTATION_METHODS, SegmenterUnavailableError,  # noqa: E402
                                    default_segmentation_method)
 from text_formatting import (DOCUMENT_BOUNDARIES, list_text_files, text_file_articles,  # noqa: E402
@@ -51,7 +53,7 @@ SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/{split}-v{versio
 SQUAD_VERSIONS = ("1.1", "2.0")
 
 TEXT_CORPORA = ("wikicorpus_en", "bookscorpus", "books_wiki_en_corpus", "custom")
-DATASETS = (*TEXT_CORPORA, "squad")
+DATASETS = (*TEXT_CORPORA, "squad", "glue")
 ACTIONS = ("download", "text_formatting", "sharding", "create_tfrecord_files")
 
 
@@ -157,6 +159,9 @@ def download(args: argparse.Namespace) -> None:
     elif args.dataset == "squad":
         logger.info("SQuAD publishes no checksums; the files are only checked to be valid JSON")
         download_squad(download_dir(args.data_dir, "squad"))
+    elif args.dataset == "glue":
+        for folder in download_glue(download_dir(args.data_dir, "glue"), task_folders(args.glue_tasks)):
+            logger.info("GLUE task folder (run_tf_glue.py --data_dir): %s", folder)
     elif args.dataset == "bookscorpus":
         logger.warning("BookCorpus mirrors are unreliable; if this fails, put the books (.txt) "
                        "in a folder and pass it with --input_files at text_formatting")
@@ -316,6 +321,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="custom text_formatting: what separates documents: blank_line, "
                              "chapter (chapter headings; for books), file, or auto (chapter "
                              "for files with chapter headings, else blank_line).")
+    parser.add_argument("--glue_tasks", type=comma_separated, default=["all"],
+                        help="glue download: comma-separated task folders among "
+                             f"{','.join(GLUE_TASK_FOLDERS)}, or all.")
     parser.add_argument("--bookscorpus_url", default=BOOKSCORPUS_URL,
                         help="BookCorpus archive (.tar.gz of .txt books) to download.")
     args = parser.parse_args(argv)

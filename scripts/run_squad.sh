@@ -44,22 +44,9 @@ ELECTRA_ALLOW_EXTRA=1
 electra_parse_args "$@"
 read -r -a extra_flags <<< "$EXTRA_SQUAD_ARGS"
 extra_flags+=("${ELECTRA_EXTRA_ARGS[@]}")
-electra_precision precision
-if [[ -z "$xla" ]]; then
-  if [[ "$precision" == amp ]]; then xla=true; else xla=false; fi
-fi
-electra_bool xla
-
-case "$env" in
-  interactive|cluster) ;;
-  *) electra_die "env must be interactive or cluster, not '$env'" ;;
-esac
-processes=$num_gpu
-if [ "$env" = "cluster" ]; then processes=1; fi
-if [ "$mode" = "eval" ] || [ "$mode" = "prediction" ]; then
-  if [ "$num_gpu" != "1" ]; then echo "num_gpu=$num_gpu: $mode mode only predicts, which runs in one process."; fi
-  processes=1
-fi
+source "$repo_dir/scripts/lib/finetune.sh"
+finetune_check_precision
+finetune_processes
 
 flags=(--electra_model "$electra_model" --data_dir "$squad_dir" --output_dir "$results_dir"
        --cache_dir "$cache_dir" --vocab_file "$vocab_file" --do_lower_case
@@ -84,9 +71,4 @@ case "$mode" in
   *) electra_die "mode must be train, eval, train_eval or prediction, not '$mode'" ;;
 esac
 
-source "$repo_dir/scripts/setup_env.sh"
-source "$repo_dir/scripts/launch_processes.sh"
-mkdir -p "$results_dir"
-command=(python "$repo_dir/run_tf_squad.py" "${flags[@]}" "${extra_flags[@]}")
-echo "$processes process(es): ${command[*]}"
-launch_processes "$processes" "${command[@]}" 2>&1 | tee "$results_dir/logfile.txt"
+launch_finetuning "$repo_dir/run_tf_squad.py" "${flags[@]}" "${extra_flags[@]}"
