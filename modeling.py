@@ -233,11 +233,17 @@ class GeneratorHead(keras.layers.Layer):
                                            name="output_bias")
 
     def call(self, hidden: tf.Tensor) -> tf.Tensor:
-        """hidden [..., hidden_size] -> float32 logits [..., vocab_size]."""
+        """hidden [..., hidden_size] -> float32 logits [..., vocab_size].
+
+        The projection is one 2-D matmul: a batched matmul against the shared table would
+        compute the table's gradient once per batch row and then sum the copies.
+        """
         projected = self.layer_norm(tf.nn.gelu(self.dense(hidden), approximate=False))
         table = tf.cast(self.embeddings.word_embeddings, projected.dtype)
-        logits = tf.matmul(projected, table, transpose_b=True)
-        return tf.cast(logits + self.output_bias, tf.float32)
+        flat = tf.reshape(projected, [-1, self.config.embedding_size])
+        logits = tf.matmul(flat, table, transpose_b=True) + self.output_bias
+        logits = tf.reshape(logits, tf.concat([tf.shape(projected)[:-1], [self.config.vocab_size]], axis=0))
+        return tf.cast(logits, tf.float32)
 
 
 class ElectraDiscriminator(keras.Model):
@@ -316,19 +322,16 @@ class ElectraPretrainingModel(keras.Model):
         masks and samples depend only on (seed, its global row), eagerly or under XLA.
         """
         objective = self.objective
-        num_rows = tf.shape(input_ids)[0]
-        masking_seed, sampling_seed = (pretrain_utils.row_seeds(s, first_row, num_rows)
-                                       for s in pretrain_utils.split_seed(seed, 2))
         max_predictions = pretrain_utils.max_predictions_per_seq(objective.mask_prob, input_ids.shape[1])
         masked = pretrain_utils.mask_tokens(input_ids, input_mask, objective.mask_prob, max_predictions,
-                                            seed=masking_seed)
+                                            seed=seed, first_row=first_row)
         generator_hidden = self.generator.electra(
             masked.masked_input_ids, input_mask, segment_ids, training=training)["last_hidden_state"]
         generator_logits = self.generator.generator_predictions(
             pretrain_utils.gather_positions(generator_hidden, masked.masked_positions))
         sampled_ids = pretrain_utils.sample_replacements(
-            generator_logits, masked.masked_ids, seed=sampling_seed, temperature=objective.temperature,
-            disallow_correct=objective.disallow_correct)
+            generator_logits, masked.masked_ids, seed=seed, temperature=objective.temperature,
+            disallow_correct=objective.disallow_correct, first_row=first_row)
         fake_input_ids, labels = pretrain_utils.replace_and_label(
             input_ids, masked.masked_positions, sampled_ids, masked.masked_weights)
         discriminator_logits = self.discriminator(

@@ -411,6 +411,9 @@ class Trainer:
     `seed` is (seed, optimizer step) and `first_row` the index of the micro-batch's first example
     in the step's global batch (micro-batch k of rank r holds rows (k * world_size + r) * b ...),
     so per-row random choices do not depend on how the global batch is split.
+
+    Without accumulation the gradients skip the accumulator (whose sums, division and reset
+    are three passes over every weight); in one process the whole step is then one function.
     """
 
     def __init__(self, loss_fn: Callable[[dict[str, tf.Tensor], tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
@@ -423,37 +426,61 @@ class Trainer:
         self.optimizer = optimizer
         self.accumulation_steps = accumulation_steps
         self.loss_scale = loss_scale or NoLossScale()
-        self.accumulator = GradientAccumulator(self.variables)
+        self.accumulator = GradientAccumulator(self.variables) if accumulation_steps > 1 else None
         self.seed = seed
         self.clip_norm = clip_norm
         self.rank = rank
         self.world_size = world_size
         self.reduce_gradients = reduce_gradients
         self.micro_step = tf.function(self._micro_step, jit_compile=jit_compile)
+        self.gradient_step = tf.function(self._gradient_step, jit_compile=jit_compile)
         self.apply_step = tf.function(self._apply_step, jit_compile=jit_compile)
+        self.whole_step = tf.function(self._whole_step, jit_compile=jit_compile)
 
-    def _micro_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor, slot: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _gradient_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor,
+                       slot: tf.Tensor) -> tuple[dict[str, tf.Tensor], list[tf.Tensor]]:
+        """The loss function's outputs and the float32 dense gradients of the scaled loss (zeros
+        for a variable the loss does not reach, as the accumulator's sums would hold)."""
         first_row = slot * tf.shape(next(iter(batch.values())))[0]
         with tf.GradientTape() as tape:
             outputs = self.loss_fn(batch, seed, first_row)
             scaled_loss = self.loss_scale.scale(outputs["total_loss"])
-        self.accumulator.accumulate(tape.gradient(scaled_loss, self.variables))
+        gradients = tape.gradient(scaled_loss, self.variables)
+        return outputs, [tf.zeros(v.shape, tf.float32) if g is None else tf.cast(to_dense(g), tf.float32)
+                         for v, g in zip(self.variables, gradients)]
+
+    def _micro_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor, slot: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs, gradients = self._gradient_step(batch, seed, slot)
+        self.accumulator.accumulate(gradients)
         return outputs
 
     def _apply_step(self, gradients: list[tf.Tensor]) -> dict[str, tf.Tensor]:
         gradients = self.loss_scale.unscale(gradients)
         finite = self.loss_scale.update(gradients)
         global_norm = apply_gradients_if_finite(self.optimizer, gradients, self.variables, finite, self.clip_norm)
-        self.accumulator.reset()
+        if self.accumulator is not None:
+            self.accumulator.reset()
         return {"gradient_norm": global_norm, "finite": finite}
+
+    def _whole_step(self, batch: dict[str, tf.Tensor], seed: tf.Tensor,
+                    slot: tf.Tensor) -> tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]:
+        outputs, gradients = self._gradient_step(batch, seed, slot)
+        return outputs, self._apply_step(gradients)
 
     def step(self, iterator: Any, step: int) -> tuple[list[dict[str, tf.Tensor]], dict[str, tf.Tensor]]:
         """One optimizer step: the micro-steps' outputs and the update's gradient norm and finiteness."""
         seed = tf.constant([self.seed, step], tf.int64)
-        outputs = [self.micro_step(next(iterator), seed, tf.constant(k * self.world_size + self.rank))
-                   for k in range(self.accumulation_steps)]
-        gradients = self.accumulator.mean()
+        slots = [tf.constant(k * self.world_size + self.rank) for k in range(self.accumulation_steps)]
+        if self.accumulator is None and self.reduce_gradients is None:
+            outputs, update = self.whole_step(next(iterator), seed, slots[0])
+            return [outputs], update
+        if self.accumulator is None:
+            outputs, gradients = self.gradient_step(next(iterator), seed, slots[0])
+            all_outputs = [outputs]
+        else:
+            all_outputs = [self.micro_step(next(iterator), seed, slot) for slot in slots]
+            gradients = self.accumulator.mean()
         if self.reduce_gradients is not None:
             # Outside the (possibly XLA-compiled) steps: collective ops do not compile.
             gradients = self.reduce_gradients(gradients)
-        return outputs, self.apply_step(gradients)
+        return all_outputs, self.apply_step(gradients)

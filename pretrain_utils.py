@@ -4,18 +4,19 @@ The input pipeline reads the TFRecords of `build_pretraining_dataset.py` (unmask
 into int32 batches. Masking happens per step (docs/recipe.md), then the generator's samples
 replace the masked tokens and give the discriminator its labels.
 
-The per-step functions take an explicit `seed` tensor, either [2] for the whole batch or [B, 2]
-with one seed per row (`row_seeds`: an example's masks and samples then do not depend on how
-the global batch is split into micro-batches and ranks). They use only stateless random ops, and run unchanged inside
-`tf.function(jit_compile=True)`, giving the same masks and samples compiled or not. That
-takes two precautions (both verified on TF 2.21, CPU): seeds are reduced to the low 32 bits of
-each component, the only bits XLA uses (eager uses all 64, so a negative seed would differ);
-and uniforms are built from integer random bits, because the float `stateless_uniform` gives
-other numbers under XLA.
+Every random number of a step is a Philox4x32-10 block (the generator behind TensorFlow's
+stateless ops) computed with integer tensor ops from a counter (global row, position or slot,
+`Stream`, 0) and a key (the run's seed, the optimizer step). A row's masks and samples thus
+depend only on (seed, step, its row in the step's global batch), whether the global batch is
+processed at once, in accumulated micro-batches or across ranks; the whole batch is computed
+at once (no per-row loop, under XLA either), and the integers are identical eagerly, in graph
+mode and under XLA. docs/performance.md explains the scheme.
 """
 from __future__ import annotations
 
+import enum
 import logging
+import math
 import struct
 from typing import NamedTuple, Sequence
 
@@ -166,46 +167,92 @@ def _assert_feature_length(name: str, values: tf.RaggedTensor, filenames: tf.Ten
 
 # ----------------------------------------------------------------------------- random numbers
 
-def canonical_seed(seed: tf.Tensor) -> tf.Tensor:
-    """A [2] (or per-row [B, 2]) seed as int64 with each component reduced to its low 32 bits."""
-    return tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), tf.constant(0xFFFFFFFF, tf.int64))
+class Stream(enum.IntEnum):
+    """What a random number is for: the third word of its Philox counter."""
+
+    POSITION_SCORES = 0  # one per (row, position): which positions are masked
+    MASK_TOKEN = 1  # one per (row, slot): [MASK] or the original token
+    SAMPLING = 2  # one per (row, slot): the generator's sample
 
 
-def row_seeds(seed: tf.Tensor, first_row: tf.Tensor | int, num_rows: int) -> tf.Tensor:
-    """[num_rows, 2] seeds for rows first_row, first_row + 1, ... of a global batch.
+PHILOX_ROUNDS = 10
+PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+PHILOX_KEY_INCREMENTS = (0x9E3779B9, 0xBB67AE85)
+LOW_32_BITS = 0xFFFFFFFF
 
-    Row i's seed depends only on (seed, i), so an example gets the same masks and samples
-    whether it is processed in one large batch, in accumulated micro-batches or on another
-    rank: row i of `tf.random.split(seed, n)` is the same for every n > i.
+
+def philox_4x32(counter: Sequence[tf.Tensor], key: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    """Philox4x32-10 (Salmon et al., SC 2011), the generator of `tf.random.stateless_*`: four
+    uint32 words of a 128-bit counter and two of a 64-bit key -> four random uint32 words.
+
+    Elementwise on broadcastable uint32 tensors, so a whole batch's numbers come from one
+    vectorised computation (no loop over rows, under XLA either) and each is a pure function
+    of its own counter and key.
     """
-    return tf.random.split(canonical_seed(seed), first_row + num_rows)[first_row:]
+    c0, c1, c2, c3 = (tf.convert_to_tensor(word, tf.uint32) for word in counter)
+    k0, k1 = (tf.convert_to_tensor(word, tf.uint32) for word in key)
+    for round_index in range(PHILOX_ROUNDS):
+        if round_index:
+            k0 += tf.constant(PHILOX_KEY_INCREMENTS[0], tf.uint32)
+            k1 += tf.constant(PHILOX_KEY_INCREMENTS[1], tf.uint32)
+        high0, low0 = _multiply_high_low(c0, PHILOX_MULTIPLIERS[0])
+        high1, low1 = _multiply_high_low(c2, PHILOX_MULTIPLIERS[1])
+        c0, c1, c2, c3 = (_xor(high1, c1, k0), low1, _xor(high0, c3, k1), low0)
+    return [c0, c1, c2, c3]
 
 
-def split_seed(seed: tf.Tensor, num: int) -> list[tf.Tensor]:
-    """`num` independent seeds derived from a [2] seed, or from each row of [B, 2] seeds."""
-    seed = canonical_seed(seed)
-    if seed.shape.rank == 1:
-        return tf.unstack(tf.random.split(seed, num))
-    per_row = tf.map_fn(lambda row: tf.random.split(row, num), seed)  # [B, num, 2]
-    return tf.unstack(per_row, axis=1)
+def _xor(*words: tf.Tensor) -> tf.Tensor:
+    result = words[0]
+    for word in words[1:]:
+        result = tf.bitwise.bitwise_xor(result, word)
+    return result
 
 
-def random_bits(shape: tf.Tensor | Sequence[int], seed: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-    """Integer random bits over the full range of `dtype`. With per-row seeds [B, 2], row b of
-    the [B, ...] result is drawn from seed b alone."""
-    seed = canonical_seed(seed)
-    if seed.shape.rank == 1:
-        return tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=dtype)
-    row_shape = tf.convert_to_tensor(shape)[1:]
-    return tf.map_fn(lambda row: tf.random.stateless_uniform(row_shape, row, minval=None, maxval=None, dtype=dtype),
-                     seed, fn_output_signature=dtype)
+def _multiply_high_low(word: tf.Tensor, multiplier: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The high and low 32 bits of the 64-bit product of a uint32 word and a constant."""
+    product = tf.cast(word, tf.uint64) * tf.constant(multiplier, tf.uint64)
+    high = tf.cast(tf.bitwise.right_shift(product, tf.constant(32, tf.uint64)), tf.uint32)
+    return high, tf.cast(tf.bitwise.bitwise_and(product, tf.constant(LOW_32_BITS, tf.uint64)), tf.uint32)
 
 
-def stateless_unit_uniform(shape: tf.Tensor | Sequence[int], seed: tf.Tensor) -> tf.Tensor:
-    """float32 uniforms strictly inside (0, 1), identical eagerly and under XLA."""
-    bits = random_bits(shape, seed, tf.uint32)
-    top_bits = tf.bitwise.right_shift(bits, tf.constant(32 - UNIFORM_BITS, tf.uint32))
+def philox_key(seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The Philox key of a [2] seed (the run's seed, the optimizer step): the low 32 bits of each."""
+    seed = tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), tf.constant(LOW_32_BITS, tf.int64))
+    return tf.cast(seed[0], tf.uint32), tf.cast(seed[1], tf.uint32)
+
+
+def random_words(seed: tf.Tensor, stream: Stream, first_row: tf.Tensor | int, num_rows: tf.Tensor | int,
+                 num_columns: tf.Tensor | int) -> list[tf.Tensor]:
+    """Four [num_rows, num_columns] uint32 tensors: the Philox block of counter
+    (first_row + row, column, stream, 0) under the key of `seed`.
+
+    An entry depends only on (seed, global row, column, stream), so an example gets the same
+    numbers in a large batch, in accumulated micro-batches or on another rank.
+    """
+    rows = tf.cast(first_row, tf.int32) + tf.range(num_rows, dtype=tf.int32)
+    columns = tf.range(num_columns, dtype=tf.int32)
+    counter = (tf.cast(rows, tf.uint32)[:, None], tf.cast(columns, tf.uint32)[None, :],
+               tf.constant(int(stream), tf.uint32), tf.constant(0, tf.uint32))
+    return philox_4x32(counter, philox_key(seed))
+
+
+def unit_uniform(word: tf.Tensor) -> tf.Tensor:
+    """float32 in (0, 1) from a uint32 word: (k + 0.5) / 2**23 for its top 23 bits k, exact."""
+    top_bits = tf.bitwise.right_shift(word, tf.constant(32 - UNIFORM_BITS, tf.uint32))
     return (tf.cast(top_bits, tf.float32) + 0.5) * (2.0 ** -UNIFORM_BITS)
+
+
+def unit_uniform_float64(high_word: tf.Tensor, low_word: tf.Tensor) -> tf.Tensor:
+    """float64 in (0, 1) from two uint32 words: (k + 0.5) / 2**53 for 53 of their bits k, exact."""
+    high = tf.cast(tf.bitwise.right_shift(high_word, tf.constant(5, tf.uint32)), tf.float64)  # 27 bits
+    low = tf.cast(tf.bitwise.right_shift(low_word, tf.constant(6, tf.uint32)), tf.float64)  # 26 bits
+    return (high * 2.0 ** 26 + low + 0.5) * 2.0 ** -53
+
+
+def non_negative_int64(high_word: tf.Tensor, low_word: tf.Tensor) -> tf.Tensor:
+    """int64 in [0, 2**63) from two uint32 words (the top bit of the high word dropped)."""
+    high = tf.cast(tf.bitwise.bitwise_and(high_word, tf.constant(0x7FFFFFFF, tf.uint32)), tf.int64)
+    return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, tf.constant(32, tf.int64)), tf.cast(low_word, tf.int64))
 
 
 # ----------------------------------------------------------------------------- dynamic masking
@@ -227,7 +274,8 @@ def max_predictions_per_seq(mask_prob: float, max_seq_length: int) -> int:
 
 def mask_tokens(input_ids: tf.Tensor, input_mask: tf.Tensor, mask_prob: float, max_predictions: int,
                 seed: tf.Tensor, mask_id: int = MASK_ID,
-                special_ids: Sequence[int] = (CLS_ID, SEP_ID, MASK_ID)) -> MaskedBatch:
+                special_ids: Sequence[int] = (CLS_ID, SEP_ID, MASK_ID), *,
+                first_row: tf.Tensor | int = 0) -> MaskedBatch:
     """Dynamic masking (docs/recipe.md): choose positions uniformly among candidates, without
     replacement, and put [MASK] on each with probability 0.85.
 
@@ -238,17 +286,19 @@ def mask_tokens(input_ids: tf.Tensor, input_mask: tf.Tensor, mask_prob: float, m
     the number of candidates, so a row without candidates gets no prediction (Google's sampler
     would divide by zero there). Positions are drawn without replacement, so the count is
     exact; Google draws with replacement and a repeated position predicts a token twice.
+
+    `seed` is [2] (the run's seed, the optimizer step) and row b of the batch is row
+    first_row + b of the step's global batch: its masks depend on nothing else.
     """
     _check_masking_args(input_ids, mask_prob, max_predictions)
-    position_seed, mask_token_seed = split_seed(seed, 2)
     candidates = masking_candidates(input_ids, input_mask, special_ids)
     num_to_predict = num_predictions(input_mask, candidates, mask_prob, max_predictions)
     is_real_slot = tf.sequence_mask(num_to_predict, max_predictions)
-    positions = tf.where(is_real_slot, choose_positions(candidates, max_predictions, position_seed), 0)
+    positions = tf.where(is_real_slot, choose_positions(candidates, max_predictions, seed, first_row), 0)
     masked_ids = tf.where(is_real_slot, gather_positions(input_ids, positions),
                           tf.zeros_like(positions, input_ids.dtype))
-    gets_mask_token = tf.logical_and(
-        is_real_slot, stateless_unit_uniform(tf.shape(positions), mask_token_seed) < MASK_TOKEN_PROB)
+    mask_token_word = random_words(seed, Stream.MASK_TOKEN, first_row, tf.shape(input_ids)[0], max_predictions)[0]
+    gets_mask_token = tf.logical_and(is_real_slot, unit_uniform(mask_token_word) < MASK_TOKEN_PROB)
     mask_token_at = positions_to_sequence_mask(positions, gets_mask_token, tf.shape(input_ids)[1])
     masked_input_ids = tf.where(mask_token_at, tf.constant(mask_id, input_ids.dtype), input_ids)
     return MaskedBatch(masked_input_ids=masked_input_ids, masked_positions=positions,
@@ -281,7 +331,8 @@ def num_predictions(input_mask: tf.Tensor, candidates: tf.Tensor, mask_prob: flo
     return tf.minimum(wanted, tf.reduce_sum(tf.cast(candidates, tf.int32), axis=-1))
 
 
-def choose_positions(candidates: tf.Tensor, num_positions: int, seed: tf.Tensor) -> tf.Tensor:
+def choose_positions(candidates: tf.Tensor, num_positions: int, seed: tf.Tensor,
+                     first_row: tf.Tensor | int = 0) -> tf.Tensor:
     """[B, num_positions] int32 distinct positions: the candidates with the highest random
     scores, so any prefix is a uniform sample without replacement; once a row's candidates run
     out the remaining positions are non-candidates.
@@ -289,9 +340,9 @@ def choose_positions(candidates: tf.Tensor, num_positions: int, seed: tf.Tensor)
     Scores are 63-bit integers, so ties (which top_k breaks towards the lower index) are
     practically impossible.
     """
-    bits = random_bits(tf.shape(candidates), seed, tf.int64)
-    non_negative_bits = tf.bitwise.bitwise_and(bits, tf.constant(2**63 - 1, tf.int64))
-    scores = tf.where(candidates, non_negative_bits, tf.constant(-1, tf.int64))
+    shape = tf.shape(candidates)
+    words = random_words(seed, Stream.POSITION_SCORES, first_row, shape[0], shape[1])
+    scores = tf.where(candidates, non_negative_int64(words[0], words[1]), tf.constant(-1, tf.int64))
     return tf.math.top_k(scores, k=num_positions, sorted=True).indices
 
 
@@ -319,19 +370,66 @@ def gather_positions(sequence: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
 # ----------------------------------------------------------------------------- replaced-token detection
 
 def sample_replacements(generator_logits: tf.Tensor, masked_ids: tf.Tensor, seed: tf.Tensor,
-                        temperature: float = 1.0, disallow_correct: bool = False) -> tf.Tensor:
-    """[B, N] int32 samples from softmax(logits / temperature) by the Gumbel-max trick.
+                        temperature: float = 1.0, disallow_correct: bool = False, *,
+                        first_row: tf.Tensor | int = 0) -> tf.Tensor:
+    """[B, N] int32 samples from softmax(logits / temperature), one per slot, by inverse
+    transform sampling (`categorical_by_inverse_cdf`) with two uniforms per slot.
 
-    The logits are under stop-gradient: the discriminator's loss never trains the generator.
-    With `disallow_correct` the original id gets a large negative logit and is never drawn.
+    The Gumbel-max trick draws the same distribution but needs a uniform and two logarithms for
+    every vocabulary entry of every slot; this needs two uniforms per slot. The logits are under
+    stop-gradient: the discriminator's loss never trains the generator. With `disallow_correct`
+    the original id gets a large negative logit and is never drawn. `seed` and `first_row` as
+    in `mask_tokens`.
     """
     if temperature <= 0.0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    logits = tf.stop_gradient(tf.cast(generator_logits, tf.float32)) / temperature
+    logits = tf.stop_gradient(tf.cast(generator_logits, tf.float32))
+    if temperature != 1.0:
+        logits /= temperature
     if disallow_correct:
         logits = tf.where(one_hot_bool(masked_ids, tf.shape(logits)[-1]), DISALLOWED_LOGIT, logits)
-    gumbel_noise = -tf.math.log(-tf.math.log(stateless_unit_uniform(tf.shape(logits), seed)))
-    return tf.argmax(logits + gumbel_noise, axis=-1, output_type=tf.int32)
+    weights = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))  # softmax x a constant
+    shape = tf.shape(masked_ids)
+    words = random_words(seed, Stream.SAMPLING, first_row, shape[0], shape[1])
+    return categorical_by_inverse_cdf(weights, unit_uniform_float64(words[0], words[1]),
+                                      unit_uniform_float64(words[2], words[3]))
+
+
+def categorical_by_inverse_cdf(weights: tf.Tensor, block_uniform: tf.Tensor, class_uniform: tf.Tensor) -> tf.Tensor:
+    """int32 [...]: for each row of non-negative `weights` [..., C], class c with probability
+    weights[c] / sum(weights), given two float64 uniforms in (0, 1) per row.
+
+    The classes are cut into about sqrt(C) blocks of about sqrt(C): the first uniform picks a
+    block in proportion to its total weight, the second a class of that block in proportion to
+    its weight, so P(c) = (block total / sum) x (weight / block total) exactly, up to
+    rounding. Cumulative sums and comparisons are float64 and only sqrt(C) long: a single
+    cumulative sum over C classes would lose float32 precision and compiles, under XLA, to
+    work quadratic in its length. A class of zero weight is never drawn.
+    """
+    num_classes = weights.shape[-1]
+    if num_classes is None:
+        raise ValueError("categorical_by_inverse_cdf needs a static number of classes")
+    block_size = math.isqrt(num_classes - 1) + 1
+    num_blocks = -(-num_classes // block_size)
+    outer_rank = weights.shape.rank - 1
+    padding = tf.zeros(tf.concat([tf.shape(weights)[:-1], [num_blocks * block_size - num_classes]], axis=0),
+                       weights.dtype)
+    padded = tf.concat([weights, padding], axis=-1)  # tf.pad is several times slower on CPU
+    blocks = tf.reshape(padded, tf.concat([tf.shape(weights)[:-1], [num_blocks, block_size]], axis=0))
+    block = _inverse_cdf(tf.cast(tf.reduce_sum(blocks, axis=-1), tf.float64), block_uniform)
+    in_block = _inverse_cdf(tf.cast(tf.gather(blocks, block, batch_dims=outer_rank), tf.float64), class_uniform)
+    return block * block_size + in_block
+
+
+def _inverse_cdf(weights: tf.Tensor, uniform: tf.Tensor) -> tf.Tensor:
+    """int32 [...]: the first index whose cumulative weight exceeds uniform x total weight
+    (never an index of zero weight; index 0 when no weight is positive, e.g. NaN logits)."""
+    cumulative = tf.math.cumsum(weights, axis=-1)
+    threshold = uniform[..., None] * cumulative[..., -1:]
+    index = tf.reduce_sum(tf.cast(cumulative <= threshold, tf.int32), axis=-1)
+    indices = tf.range(tf.shape(weights)[-1], dtype=tf.int32)
+    last_positive = tf.reduce_max(tf.where(weights > 0.0, indices, 0), axis=-1)
+    return tf.minimum(index, last_positive)
 
 
 def replace_and_label(input_ids: tf.Tensor, masked_positions: tf.Tensor, sampled_ids: tf.Tensor,

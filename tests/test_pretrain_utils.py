@@ -87,6 +87,73 @@ def assert_valid_masking(input_ids: np.ndarray, input_mask: np.ndarray, masked: 
         assert np.all(masked.masked_input_ids[row, changed] == MASK)
 
 
+# ----------------------------------------------------------------------------- random numbers
+
+# Known answers of Philox4x32-10 from Random123's kat_vectors: (counter, key) -> output words.
+PHILOX_KNOWN_ANSWERS = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+def philox_words(counter: np.ndarray, key: np.ndarray, compiled: bool = False) -> np.ndarray:
+    """[n, 4] uint32 outputs for [n, 4] counters and [n, 2] keys."""
+    def words(c: tf.Tensor, k: tf.Tensor) -> tf.Tensor:
+        return tf.stack(pu.philox_4x32(tf.unstack(c, axis=1), tf.unstack(k, axis=1)), axis=1)
+    function = tf.function(words, jit_compile=True) if compiled else words
+    return function(tf.constant(counter, tf.uint32), tf.constant(key, tf.uint32)).numpy()
+
+
+def tensorflow_philox_block(counter: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """TensorFlow's own Philox4x32-10 kernel: 4 uint32 from a 128-bit counter and 64-bit key."""
+    as_uint64 = lambda low, high: np.uint64(low) | (np.uint64(high) << np.uint64(32))  # noqa: E731
+    return tf.raw_ops.StatelessRandomUniformFullIntV2(
+        shape=[4], key=tf.constant([as_uint64(*key)], tf.uint64),
+        counter=tf.constant([as_uint64(*counter[:2]), as_uint64(*counter[2:])], tf.uint64),
+        alg=1, dtype=tf.uint32).numpy()
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_philox_gives_the_known_answers_and_tensorflows_numbers(compiled):
+    counters = np.array([c for c, _, _ in PHILOX_KNOWN_ANSWERS], np.uint32)
+    keys = np.array([k for _, k, _ in PHILOX_KNOWN_ANSWERS], np.uint32)
+    np.testing.assert_array_equal(philox_words(counters, keys, compiled),
+                                  np.array([w for _, _, w in PHILOX_KNOWN_ANSWERS], np.uint32))
+    rng = np.random.default_rng(20)
+    counters = rng.integers(0, 2**32, (16, 4), dtype=np.uint64).astype(np.uint32)
+    keys = rng.integers(0, 2**32, (16, 2), dtype=np.uint64).astype(np.uint32)
+    expected = np.stack([tensorflow_philox_block(c, k) for c, k in zip(counters, keys)])
+    np.testing.assert_array_equal(philox_words(counters, keys, compiled), expected)
+
+
+def test_random_words_of_a_row_depend_only_on_seed_step_and_global_row():
+    seed = tf.constant([12345, 7], tf.int64)
+    whole = np.stack(pu.random_words(seed, pu.Stream.SAMPLING, 0, 8, 19))
+    for first_row, num_rows in ((0, 3), (3, 5), (6, 2)):
+        part = np.stack(pu.random_words(seed, pu.Stream.SAMPLING, first_row, num_rows, 19))
+        np.testing.assert_array_equal(part, whole[:, first_row:first_row + num_rows])
+    for other_seed, stream in (((12345, 8), pu.Stream.SAMPLING), ((12346, 7), pu.Stream.SAMPLING),
+                               ((12345, 7), pu.Stream.MASK_TOKEN)):
+        other = np.stack(pu.random_words(tf.constant(other_seed, tf.int64), stream, 0, 8, 19))
+        assert (other != whole).mean() > 0.99
+    # Seeds are reduced to their low 32 bits: what XLA's stateless ops keep, so old seeds stay valid.
+    wrapped = np.stack(pu.random_words(tf.constant([12345 - 2**32, 7 + 2**40], tf.int64), pu.Stream.SAMPLING, 0, 8, 19))
+    np.testing.assert_array_equal(wrapped, whole)
+
+
+def test_uniforms_lie_strictly_inside_the_unit_interval():
+    extremes = tf.constant([0, 0xFFFFFFFF], tf.uint32)
+    single = pu.unit_uniform(extremes).numpy()
+    double = pu.unit_uniform_float64(extremes, extremes).numpy()
+    assert single.dtype == np.float32 and double.dtype == np.float64
+    np.testing.assert_array_equal(single, [0.5 / 2**23, 1 - 0.5 / 2**23])
+    np.testing.assert_array_equal(double, [0.5 / 2**53, 1 - 0.5 / 2**53])
+    scores = pu.non_negative_int64(extremes, extremes).numpy()
+    np.testing.assert_array_equal(scores, [0, 2**63 - 1])
+
+
 # ----------------------------------------------------------------------------- dynamic masking
 
 def test_max_predictions_per_seq_matches_the_recipe():
@@ -233,6 +300,50 @@ def test_sampling_under_xla_equals_eager_and_is_seeded():
     np.testing.assert_array_equal(eager.numpy(), compiled(seed).numpy())
     other = pu.sample_replacements(logits, masked_ids, tf.constant((-9, 2**33 + 1), tf.int64), 0.8, True)
     assert not np.array_equal(eager.numpy(), other.numpy())
+
+
+def test_samples_follow_softmax_over_a_full_vocabulary():
+    """30,522 classes (175 blocks of 175, the last padded) with probabilities from 0.02 down to
+    1e-9, binned into 40 groups of about equal mass by sorted probability, so the rarest
+    tokens form groups of their own."""
+    rng = np.random.default_rng(21)
+    logits = rng.normal(scale=2.0, size=30522).astype(np.float32)
+    probabilities = softmax(logits.astype(np.float64))
+    rows, slots, chunks = 10, 100, 40
+    tiled = tf.tile(tf.constant(logits)[None, None, :], [rows, slots, 1])
+    counts = sum(np.bincount(pu.sample_replacements(tiled, tf.zeros([rows, slots], tf.int32), tf.constant((17, 3)),
+                                                    first_row=chunk * rows).numpy().ravel(), minlength=30522)
+                 for chunk in range(chunks))
+    order = np.argsort(probabilities)
+    groups = np.minimum((np.cumsum(probabilities[order]) * 40).astype(int), 39)
+    observed = np.bincount(groups, weights=counts[order], minlength=40)
+    expected = np.bincount(groups, weights=probabilities[order], minlength=40)
+    assert expected.min() > 0.01
+    assert pearson_p_value(observed, expected / expected.sum()) > P_VALUE_THRESHOLD
+    # The same test rejects a slightly sharper distribution: it has the power to fail.
+    sharper = softmax(logits.astype(np.float64) * 1.03)
+    sharper_expected = np.bincount(groups, weights=sharper[order], minlength=40)
+    assert pearson_p_value(observed, sharper_expected / sharper_expected.sum()) < 1e-6
+
+
+def test_inverse_cdf_draws_only_classes_of_positive_weight():
+    """Uniforms at both ends of (0, 1), zero weights first, last and in between (10 classes:
+    3 blocks of 4, the last with two padding entries), and rows without any positive weight."""
+    weights = np.array([[0, 0, 1, 0, 0, 2, 0, 3, 0, 0],
+                        [5, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                        [0, 0, 0, 0, 0, 0, 0, 0, 0, 7],
+                        [0] * 10,
+                        [np.nan] * 10], np.float32)
+    low, high = 0.5 / 2**53, 1 - 0.5 / 2**53
+    for block_uniform in (low, 0.5, high):
+        for class_uniform in (low, 0.5, high):
+            drawn = pu.categorical_by_inverse_cdf(tf.constant(weights), tf.constant([block_uniform] * 5, tf.float64),
+                                                  tf.constant([class_uniform] * 5, tf.float64)).numpy()
+            assert drawn[0] in (2, 5, 7) and drawn[1] == 0 and drawn[2] == 9
+            assert 0 <= drawn[3] < 10 and 0 <= drawn[4] < 10
+    ends = pu.categorical_by_inverse_cdf(tf.constant(weights[[0, 0]]), tf.constant([low, high], tf.float64),
+                                         tf.constant([low, high], tf.float64))
+    np.testing.assert_array_equal(ends.numpy(), [2, 7])
 
 
 # ----------------------------------------------------------------------------- replacement and labels
