@@ -31,7 +31,8 @@ import optimization
 import run_utils
 import training
 from configuration import MODEL_SIZES, ElectraConfig
-from model_folder import CONFIG_FILE, VOCAB_FILE, read_config, resolve_model_folder, save_model_folder
+from model_folder import (CONFIG_FILE, VOCAB_FILE, LoadReport, assign_tensors, read_config, read_tensors,
+                          resolve_model_folder, save_model_folder)
 from tokenization import WordPieceTokenizer
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,16 @@ def random_architecture(electra_model: str) -> ElectraConfig | None:
 
 def config_of(electra_model: str) -> ElectraConfig:
     return random_architecture(electra_model) or read_config(resolve_model_folder(electra_model))
+
+
+def load_task_weights(model: keras.Model, folder: str) -> LoadReport:
+    """Assign a model folder's tensors to a task model and log what stayed newly initialised
+    (a task head, when starting from a pretrained discriminator) or unused."""
+    report = assign_tensors(model, read_tensors(folder), source=folder)
+    logger.info("Loaded %s%s%s", folder,
+                f"; newly initialised: {', '.join(report.newly_initialised)}" if report.newly_initialised else "",
+                f"; unused: {', '.join(report.unused)}" if report.unused else "")
+    return report
 
 
 def vocab_file_for(args: argparse.Namespace, folder: str | None) -> str:

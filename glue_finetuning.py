@@ -15,7 +15,7 @@ from tqdm import tqdm
 import finetuning
 import glue_utils
 from configuration import ElectraConfig
-from model_folder import LoadReport, assign_tensors, read_classifier_labels, read_tensors
+from model_folder import LoadReport, read_classifier_labels
 from modeling import ElectraForSequenceClassification
 
 logger = logging.getLogger(__name__)
@@ -66,11 +66,7 @@ def load_classifier(config: ElectraConfig, folder: str | None, labels: tuple[str
     if folder is None:
         return model, None
     check_head_fits(folder, labels, task_name)
-    report = assign_tensors(model, read_tensors(folder), source=folder)
-    logger.info("Loaded %s%s%s", folder,
-                f"; newly initialised: {', '.join(report.newly_initialised)}" if report.newly_initialised else "",
-                f"; unused: {', '.join(report.unused)}" if report.unused else "")
-    return model, report
+    return model, finetuning.load_task_weights(model, folder)
 
 
 def check_head_is_trained(folder: str | None, report: LoadReport | None) -> None:

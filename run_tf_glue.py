@@ -200,15 +200,7 @@ def run(args: argparse.Namespace, engine: distributed.SingleProcess | None = Non
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=run_utils.LOG_FORMAT)
     args = parse_args(argv)
-    engine = run_utils.start_engine(args.engine)
-    try:
-        summary = run(args, engine)
-    except (FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 1
-    if summary is not None and engine.is_chief:
-        logger.info("Done: %s", json.dumps(summary))
-    return 0
+    return run_utils.run_on_engine(run, args, logger)
 
 
 if __name__ == "__main__":

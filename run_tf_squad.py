@@ -230,15 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.verbose_logging:
         logging.getLogger(squad_utils.__name__).setLevel(logging.DEBUG)
-    engine = run_utils.start_engine(args.engine)
-    try:
-        summary = run(args, engine)
-    except (FileNotFoundError, ValueError) as error:
-        logger.error("%s", error)
-        return 1
-    if summary is not None and engine.is_chief:
-        logger.info("Done: %s", json.dumps(summary))
-    return 0
+    return run_utils.run_on_engine(run, args, logger)
 
 
 if __name__ == "__main__":

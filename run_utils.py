@@ -84,6 +84,21 @@ def start_engine(name: str) -> distributed.SingleProcess:
     return engine
 
 
+def run_on_engine(run: Callable[[argparse.Namespace, distributed.SingleProcess], dict | None],
+                  args: argparse.Namespace, logger: logging.Logger) -> int:
+    """A fine-tuning program's main: start the engine, run, and turn a user's error into one
+    logged line and exit status 1; the chief logs the summary. Returns the exit status."""
+    engine = start_engine(args.engine)
+    try:
+        summary = run(args, engine)
+    except (FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 1
+    if summary is not None and engine.is_chief:
+        logger.info("Done: %s", json.dumps(summary))
+    return 0
+
+
 def gradient_averaging(engine: distributed.SingleProcess,
                        fp16_compression: bool) -> Callable[[list[tf.Tensor]], list[tf.Tensor]] | None:
     """The Trainer's `reduce_gradients`: the mean over processes (None for one process)."""

@@ -16,7 +16,7 @@ from tqdm import tqdm
 import finetuning
 import squad_utils
 from configuration import ElectraConfig
-from model_folder import LoadReport, assign_tensors, read_qa_head_settings, read_tensors
+from model_folder import LoadReport, read_qa_head_settings
 from modeling import ElectraForQuestionAnswering
 
 logger = logging.getLogger(__name__)
@@ -80,11 +80,7 @@ def load_qa_model(config: ElectraConfig, folder: str | None, joint_head: bool, v
     if folder is None:
         return model, None
     check_head_matches(folder, joint_head, version_2)
-    report = assign_tensors(model, read_tensors(folder), source=folder)
-    logger.info("Loaded %s%s%s", folder,
-                f"; newly initialised: {', '.join(report.newly_initialised)}" if report.newly_initialised else "",
-                f"; unused: {', '.join(report.unused)}" if report.unused else "")
-    return model, report
+    return model, finetuning.load_task_weights(model, folder)
 
 
 def check_head_is_trained(folder: str | None, report: LoadReport | None, joint_head: bool) -> None:
