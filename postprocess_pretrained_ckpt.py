@@ -24,7 +24,7 @@ from configuration import ElectraConfig, PretrainingObjective  # noqa: E402
 from model_folder import save_model_folder  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
 from run_utils import RUN_CONFIG_FILE  # noqa: E402
-from safe_io import writable_output_dir  # noqa: E402
+from safe_io import check_output_dir, writable_output_dir  # noqa: E402
 from training import resolve_checkpoint  # noqa: E402
 
 logger = logging.getLogger("postprocess_pretrained_ckpt")
@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.vocab_file and not os.path.isfile(args.vocab_file):
             raise FileNotFoundError(f"vocab file not found: {args.vocab_file}")
+        check_output_dir(args.output_dir, "--output_dir")  # created only once the checkpoint has passed
         checkpoint = resolve_checkpoint(args.pretrained_checkpoint, args.pretrained_checkpoint)
         postprocess(checkpoint, args.output_dir, args.vocab_file)
     except (FileNotFoundError, ValueError) as error:

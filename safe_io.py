@@ -30,18 +30,32 @@ class UserError(ValueError):
     """
 
 
-def writable_output_dir(path: str | os.PathLike, flag: str) -> Path:
-    """Create the folder `path` (given with `flag`) if needed and check a file can be written in
-    it; a UserError naming the flag otherwise. Checked by writing, not with os.access, which
-    answers yes to root on a folder root cannot write to (a read-only or virtual file system)."""
+def check_output_dir(path: str | os.PathLike, flag: str) -> None:
+    """A UserError naming `flag` unless `path` is, or can be made, a folder a file can be written
+    in; creates nothing, so a program can check its output first and create it only once its
+    inputs have passed their checks. Checked by writing (in `path`, or in its nearest existing
+    parent), not with os.access, which answers yes to root on a folder root cannot write to."""
     folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{flag} {folder} is a file, not a folder: give a folder path (or move "
-                        "the file away)")
+    existing = next(p for p in (folder, *folder.absolute().parents) if p.exists())
+    if existing == folder and not folder.is_dir():
+        raise UserError(f"{flag} {folder} is a file, not a folder: give a folder path (or move the file away)")
+    if not existing.is_dir():
+        raise UserError(f"{flag} {folder} is not a writable folder ({existing} is a file): give a folder "
+                        "you can write to")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserError(f"{flag} {folder} is not a writable folder ({error.strerror}): give a "
+                        "folder you can write to") from None
+
+
+def writable_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Create the folder `path` (given with `flag`) if needed, after `check_output_dir`."""
+    check_output_dir(path, flag)
+    folder = Path(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
     except OSError as error:
         raise UserError(f"{flag} {folder} is not a writable folder ({error.strerror}): give a "
                         "folder you can write to") from None

@@ -117,7 +117,8 @@ def test_quickstart_stage_in_a_results_folder_with_spaces_leaves_its_siblings(ru
     for sibling in (tmp_path / "results" / "squad_data", tmp_path / "runs" / "my"):
         assert (sibling / "keep.txt").read_text() == "sibling"
     assert (tmp_path / "outside" / "keep.txt").exists() and (runs / "keep.txt").exists()
-    assert sorted(p.name for p in (runs / "squad_data").iterdir()) == ["dev-v1.1.json", "train-v1.1.json"]
+    assert sorted(p.name for p in (runs / "squad_data").iterdir()) == ["baselines-v1.1.json", "dev-v1.1.json",
+                                                                      "train-v1.1.json"]
 
 
 # ----------------------------------------------------------------------------- rebuilds (item 2, 7)
