@@ -45,6 +45,24 @@ def layer_norm(config: ElectraConfig, name: str, dtype: Any) -> keras.layers.Lay
     return keras.layers.LayerNormalization(epsilon=config.layer_norm_eps, name=name, dtype=dtype)
 
 
+class Dropout(keras.layers.Dropout):
+    """Keras's dropout with TensorFlow's random-number algorithm named: Philox.
+
+    Keras leaves the choice to TensorFlow (`auto_select`), which is Philox eagerly and in graph
+    mode, but which XLA compiles on CPU to a generator about 100x slower (measured 430 ns per
+    number against 4 ns for Philox); it made the compiled step 4x slower. Seeds come from the
+    layer's own seed generator, as in Keras, so graph-mode masks are Keras's.
+    """
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        if not training or self.rate == 0.0:
+            return inputs
+        seed = self.seed_generator.next()
+        if seed.dtype != tf.int32:  # Keras's own conversion of its int64 seed-generator state
+            seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
+        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed, rng_alg="philox")
+
+
 class ElectraEmbeddings(keras.layers.Layer):
     """Word + position + token-type embeddings, LayerNorm, dropout.
 
@@ -56,7 +74,7 @@ class ElectraEmbeddings(keras.layers.Layer):
         super().__init__(autocast=False, **kwargs)
         self.config = config
         self.layer_norm = layer_norm(config, "layer_norm", self.dtype_policy)
-        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
+        self.dropout = Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
 
     def build(self, input_shape: Any = None) -> None:
         c = self.config
@@ -97,8 +115,8 @@ class ElectraLayer(keras.layers.Layer):
         self.intermediate = dense(config.intermediate_size, config, "intermediate", policy)
         self.output_dense = dense(config.hidden_size, config, "output", policy)
         self.output_layer_norm = layer_norm(config, "output_layer_norm", policy)
-        self.attention_dropout = keras.layers.Dropout(config.attention_probs_dropout_prob, dtype=self.dtype_policy)
-        self.hidden_dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
+        self.attention_dropout = Dropout(config.attention_probs_dropout_prob, dtype=self.dtype_policy)
+        self.hidden_dropout = Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
         self.activation = get_activation(config.hidden_act)
 
     def build(self, input_shape: Any = None) -> None:
