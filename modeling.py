@@ -22,10 +22,29 @@ from configuration import ElectraConfig, PretrainingObjective
 ATTENTION_MASK_BIAS = -1e9
 
 
+SQRT_HALF = 0.7071067811865476
+INV_SQRT_2PI = 0.3989422804014327
+
+
+@tf.custom_gradient
+def gelu_exact(x: tf.Tensor) -> tuple[tf.Tensor, Callable[[tf.Tensor], tf.Tensor]]:
+    """x * Phi(x) (the erf form), computed in float32 whatever x's dtype, with its derivative
+    Phi(x) + x * phi(x) written out to reuse the forward's Phi. On CPU bfloat16's erfc and exp
+    run several times slower than float32's: the bfloat16 step spent 14% of its time here."""
+    x32 = tf.cast(x, tf.float32)
+    cdf = 0.5 * tf.math.erfc(x32 * -SQRT_HALF)
+
+    def gradient(upstream: tf.Tensor) -> tf.Tensor:
+        pdf = tf.exp(-0.5 * tf.square(x32)) * INV_SQRT_2PI
+        return tf.cast(tf.cast(upstream, tf.float32) * (cdf + x32 * pdf), x.dtype)
+
+    return tf.cast(x32 * cdf, x.dtype), gradient
+
+
 def get_activation(name: str) -> Callable[[tf.Tensor], tf.Tensor]:
     """The activation named in a Hugging Face config (`gelu` is the exact erf form)."""
     activations = {
-        "gelu": lambda x: tf.nn.gelu(x, approximate=False),
+        "gelu": gelu_exact,
         "gelu_new": lambda x: tf.nn.gelu(x, approximate=True),
         "gelu_pytorch_tanh": lambda x: tf.nn.gelu(x, approximate=True),
         "relu": tf.nn.relu,
@@ -128,20 +147,23 @@ class ElectraLayer(keras.layers.Layer):
         self.output_layer_norm.build((None, None, hidden))
 
     def _split_heads(self, x: tf.Tensor) -> tf.Tensor:
-        """[batch, seq, hidden] -> [batch, seq, heads, head_size]."""
+        """[batch, seq, hidden] -> [batch, heads, seq, head_size]."""
         shape = tf.shape(x)
-        return tf.reshape(x, [shape[0], shape[1], self.config.num_attention_heads, self.config.head_size])
+        x = tf.reshape(x, [shape[0], shape[1], self.config.num_attention_heads, self.config.head_size])
+        return tf.transpose(x, [0, 2, 1, 3])
 
     def self_attention(self, hidden: tf.Tensor, attention_mask: tf.Tensor, training: bool) -> tf.Tensor:
+        """Scores and context as batched matmuls over [batch, heads] (on CPU several times faster
+        than the equivalent einsums on [batch, seq, heads, head_size], which transpose inside)."""
         query = self._split_heads(self.query(hidden)) * tf.cast(
             1.0 / math.sqrt(self.config.head_size), hidden.dtype)
         key = self._split_heads(self.key(hidden))
         value = self._split_heads(self.value(hidden))
-        scores = tf.einsum("bqhd,bkhd->bhqk", query, key)
+        scores = tf.matmul(query, key, transpose_b=True)
         scores = tf.cast(scores, tf.float32) + attention_bias_from_mask(attention_mask)
         probs = tf.nn.softmax(scores, axis=-1)
         probs = self.attention_dropout(tf.cast(probs, hidden.dtype), training=training)
-        context = tf.einsum("bhqk,bkhd->bqhd", probs, value)
+        context = tf.transpose(tf.matmul(probs, value), [0, 2, 1, 3])
         shape = tf.shape(hidden)
         return tf.reshape(context, [shape[0], shape[1], self.config.hidden_size])
 
@@ -256,7 +278,7 @@ class GeneratorHead(keras.layers.Layer):
         The projection is one 2-D matmul: a batched matmul against the shared table would
         compute the table's gradient once per batch row and then sum the copies.
         """
-        projected = self.layer_norm(tf.nn.gelu(self.dense(hidden), approximate=False))
+        projected = self.layer_norm(gelu_exact(self.dense(hidden)))
         table = tf.cast(self.embeddings.word_embeddings, projected.dtype)
         flat = tf.reshape(projected, [-1, self.config.embedding_size])
         logits = tf.matmul(flat, table, transpose_b=True) + self.output_bias

@@ -371,6 +371,8 @@ def log_rows(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args()
+    if any(config.implementation == "keras_hub" for config in args.configs):
+        import_keras_hub(args.keras_hub_path)  # fail before minutes of building the others
     logger.info("%s, batch %d, sequence %d, %d CPU cores; speed-up = peer's median step / this recipe's",
                 args.model_size, args.batch_size, args.max_seq_length, os.cpu_count())
     rows = summarize(args, measure(args, random_batches(args.batch_size, args.max_seq_length, 4)))

@@ -12,7 +12,7 @@ import transformers
 
 from configuration import ElectraConfig
 from model_folder import hf_parameters, load_model_folder, save_model_folder
-from modeling import Dropout, ElectraDiscriminator, ElectraGenerator, ElectraModel
+from modeling import Dropout, ElectraDiscriminator, ElectraGenerator, ElectraModel, gelu_exact
 
 PARITY_TOLERANCE = 1e-4
 # Every tensor, biases and LayerNorm included, is redrawn at this scale so that a swapped or
@@ -265,3 +265,17 @@ def test_dropout_draws_keras_masks_and_compiles_to_the_same_rate():
     assert abs(dropped.mean() - 0.1) < 4 * sigma
     np.testing.assert_allclose(compiled[~dropped], inputs.numpy()[~dropped] / 0.9, rtol=1e-6)
     np.testing.assert_array_equal(ours(inputs, training=False), inputs)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(tf.float32, 1e-6), (tf.bfloat16, 8e-3)])
+def test_gelu_and_its_written_out_gradient_match_autodiff_in_float64(dtype, tolerance):
+    x = tf.cast(tf.linspace(-7.0, 7.0, 561), dtype)
+    x64 = tf.cast(x, tf.float64)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, x64])
+        ours = gelu_exact(x)
+        reference = tf.nn.gelu(x64, approximate=False)
+    assert ours.dtype == dtype
+    np.testing.assert_allclose(tf.cast(ours, tf.float64), reference, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(tf.cast(tape.gradient(ours, x), tf.float64), tape.gradient(reference, x64),
+                               rtol=tolerance, atol=tolerance)
