@@ -6,7 +6,7 @@ values and applies the same averaged gradient, so the copies stay identical. Eng
 - `tf_distribute`: TensorFlow's MultiWorkerMirroredStrategy, used only for its collectives
   (RING on CPU, NCCL on GPU), started by `scripts/launch_processes.sh` or srun; keeping the
   variables outside the strategy's scope avoids Keras 3's own all-reduce inside
-  `apply_gradients`, which would count the gradients once per replica (DESIGN.md);
+  `apply_gradients`, which would count the gradients once per replica;
 - `single`: one process, nothing to reduce.
 The command-line programs pick one with `create_engine`, passing the process environment in.
 """
