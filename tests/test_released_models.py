@@ -5,13 +5,11 @@ when the model is neither cached nor downloadable."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
