@@ -1,4 +1,5 @@
-"""Build ELECTRA pretraining TFRecords from a corpus with one sentence per line (SPEC section 2).
+"""Build ELECTRA pretraining TFRecords from a corpus with one sentence per line (docs/recipe.md,
+Pretraining data).
 
 Examples are built with Google ELECTRA's ExampleBuilder algorithm: sentences are appended until
 the running length reaches a target length, a document end flushes, 10% of examples have a
@@ -12,14 +13,17 @@ for a given seed and process count, and 1 or 2 processes give the same multiset 
 Process w owns the output files whose index i satisfies i % processes == w and writes its
 examples to them in turn, as Google's ExampleWriter does.
 
-Outputs are written under `OUTPUT_DIR/.incomplete/` with a `.partial` suffix and moved to their
-final names `pretrain_data.tfrecord-{i}-of-{N}` only once every process has succeeded; the run
-summary `build_summary.json` is written last, so its presence marks a complete run. A new run
-first removes stale temporaries and the outputs of earlier runs in OUTPUT_DIR.
+Outputs are written under `OUTPUT_DIR/.incomplete/` with a `.partial` suffix and take their
+final names `pretrain_data.tfrecord-{i}-of-{N}` only once every process has succeeded; only then
+do they replace the outputs of an earlier run in OUTPUT_DIR (a failed rebuild leaves the previous
+dataset as it was). The run summary `build_summary.json` comes last, so its presence marks a
+complete run.
 
 Input files that are not UTF-8 text (invalid UTF-8 or NUL bytes) are skipped whole, with a
 warning naming them, and listed in the summary; they are checked before any of their examples
-is written, so a bad file never contributes half of its examples.
+is written, so a bad file never contributes half of its examples. A vocabulary that does not
+fit the corpus shows as [UNK] tokens: a warning above WARN_UNKNOWN_FRACTION of the tokens, an
+error (and no output) above MAX_UNKNOWN_FRACTION.
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ import os
 import queue
 import random
 import re
-import shutil
 import struct
 import sys
 import time
@@ -47,6 +50,7 @@ from typing import NamedTuple
 import google_crc32c
 
 import tokenization
+from safe_io import STAGING_NAME, UserError, staged_outputs, writable_output_dir
 
 logger = logging.getLogger("build_pretraining_dataset")
 
@@ -54,7 +58,7 @@ DEFAULT_VOCAB = str(Path(__file__).resolve().parent / "vocab" / "vocab.txt")
 OUTPUT_NAME = "pretrain_data.tfrecord-{index}-of-{total}"
 OUTPUT_NAME_RE = re.compile(r"^pretrain_data\.tfrecord-\d+-of-\d+$")
 SUMMARY_NAME = "build_summary.json"
-TEMP_DIR_NAME = ".incomplete"
+TEMP_DIR_NAME = STAGING_NAME
 TEMP_SUFFIX = ".partial"
 FEATURE_NAMES = ("input_ids", "input_mask", "segment_ids")
 
@@ -62,12 +66,15 @@ SINGLE_SEGMENT_PROB = 0.1
 SHORT_TARGET_PROB = 0.05
 MIN_TARGET_LENGTH = 5
 LINES_PER_BATCH = 1024
+# English text with BERT's uncased vocab has well under 0.1% [UNK] tokens.
+WARN_UNKNOWN_FRACTION = 0.05
+MAX_UNKNOWN_FRACTION = 0.5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 ProgressCallback = Callable[[int], None]
 
 
-class DatasetBuildError(Exception):
+class DatasetBuildError(UserError):
     """An input problem the user can fix (missing or empty corpus, bad vocab, no examples)."""
 
 
@@ -112,6 +119,7 @@ class BuildStats:
     sentences: int = 0
     examples: int = 0
     corpus_tokens: int = 0
+    unknown_tokens: int = 0
     example_tokens: int = 0
     padding_tokens: int = 0
     truncated_tokens: int = 0
@@ -238,6 +246,7 @@ class SentenceEncoder:
     encode_batch: Callable[[Sequence[str]], list[list[int]]]
     cls_id: int
     sep_id: int
+    unk_id: int
 
 
 def load_encoder(vocab_file: str, do_lower_case: bool, backend: str = "rust") -> SentenceEncoder:
@@ -245,11 +254,12 @@ def load_encoder(vocab_file: str, do_lower_case: bool, backend: str = "rust") ->
     "python" (transformers' pure-Python BERT tokenizer, the recipe's original, for benchmarks)."""
     if backend == "rust":
         tokenizer = tokenization.WordPieceTokenizer(vocab_file, do_lower_case=do_lower_case)
-        return SentenceEncoder(tokenizer.encode_batch_ids, tokenizer.cls_id, tokenizer.sep_id)
+        return SentenceEncoder(tokenizer.encode_batch_ids, tokenizer.cls_id, tokenizer.sep_id,
+                               tokenizer.unk_id)
     if backend == "python":
         vocab = tokenization.load_vocab(vocab_file)
         return SentenceEncoder(_python_wordpiece(vocab_file, do_lower_case), vocab["[CLS]"],
-                               vocab["[SEP]"])
+                               vocab["[SEP]"], vocab["[UNK]"])
     raise ValueError(f"unknown tokenizer backend {backend!r}; expected 'rust' or 'python'")
 
 
@@ -409,7 +419,9 @@ def write_file_examples(corpus_file: CorpusFile, encoder: SentenceEncoder,
     builder = ExampleBuilder(config.max_seq_length, encoder.cls_id, encoder.sep_id,
                              file_rng(config.seed, corpus_file.index), stats)
     for lines, num_bytes in read_line_batches(corpus_file.path):
-        token_ids = iter(encoder.encode_batch([line for line in lines if line]))
+        batch_ids = encoder.encode_batch([line for line in lines if line])
+        stats.unknown_tokens += sum(ids.count(encoder.unk_id) for ids in batch_ids)
+        token_ids = iter(batch_ids)
         for line in lines:
             if line:
                 writer.write(builder.add_sentence(next(token_ids)))
@@ -498,20 +510,23 @@ def check_vocab(vocab_file: str) -> None:
         raise DatasetBuildError(str(error)) from error
 
 
-def remove_previous_outputs(output_dir: Path) -> None:
-    """Delete stale temporaries and earlier runs' outputs, so that nothing left in
-    `output_dir` can be mistaken for the result of this run."""
-    temp_dir = output_dir / TEMP_DIR_NAME
-    if temp_dir.exists():
-        logger.warning("removing stale temporaries of an interrupted run: %s", temp_dir)
-        shutil.rmtree(temp_dir)
-    previous = [p for p in output_dir.iterdir()
-                if OUTPUT_NAME_RE.match(p.name) or p.name == SUMMARY_NAME]
-    if previous:
-        logger.warning("removing %d output files of a previous run in %s", len(previous),
-                       output_dir)
-        for path in previous:
-            path.unlink()
+def is_output_name(name: str) -> bool:
+    """The names this program writes in OUTPUT_DIR, and so replaces on a rebuild."""
+    return bool(OUTPUT_NAME_RE.match(name)) or name == SUMMARY_NAME
+
+
+def check_unknown_tokens(stats: BuildStats, config: BuildConfig) -> None:
+    """Warn when many tokens are [UNK], fail when most are: the vocab does not fit the corpus
+    (e.g. it holds only the special tokens, or its case differs from --do-lower-case's)."""
+    fraction = stats.unknown_tokens / max(stats.corpus_tokens, 1)
+    advice = (f"{config.vocab_file} does not fit the corpus in {config.corpus_dir}: check it is "
+              "the WordPiece vocab.txt meant for this text (with --no-lower-case for a cased one)")
+    if fraction > MAX_UNKNOWN_FRACTION:
+        raise DatasetBuildError(f"{fraction:.0%} of the {stats.corpus_tokens} tokens are [UNK]; "
+                                f"{advice}")
+    if fraction > WARN_UNKNOWN_FRACTION:
+        logger.warning("%.1f%% of the %d tokens are [UNK]; %s", 100 * fraction,
+                       stats.corpus_tokens, advice)
 
 
 def _worker_main(plan: WorkerPlan, config: BuildConfig, temp_dir: Path,
@@ -609,6 +624,7 @@ def summarize(stats: BuildStats, config: BuildConfig, num_input_files: int, num_
         "sentences": stats.sentences,
         "examples": stats.examples,
         "tokens": stats.corpus_tokens,
+        "unknown_tokens": stats.unknown_tokens,
         "example_tokens": stats.example_tokens,
         "truncated_tokens": stats.truncated_tokens,
         "single_segment_fraction": stats.single_segment_examples / stats.examples,
@@ -621,29 +637,23 @@ def summarize(stats: BuildStats, config: BuildConfig, num_input_files: int, num_
     }
 
 
-def commit_outputs(temp_dir: Path, output_dir: Path, num_out_files: int, summary: dict) -> None:
-    """Give the finished files their final names, then write the summary (the completion mark)."""
+def finish_outputs(temp_dir: Path, num_out_files: int, summary: dict) -> None:
+    """Give the finished files their final names and write the summary, in the staging folder."""
     for index in range(num_out_files):
         os.replace(temp_output_path(temp_dir, index, num_out_files),
-                   output_dir / output_name(index, num_out_files))
-    temp_summary = temp_dir / (SUMMARY_NAME + TEMP_SUFFIX)
-    temp_summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp_summary, output_dir / SUMMARY_NAME)
+                   temp_dir / output_name(index, num_out_files))
+    (temp_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
 def build_dataset(config: BuildConfig) -> dict:
     """Build the TFRecords of `config` and return the run summary.
 
     Raises DatasetBuildError for inputs the user must fix; on any failure the temporaries are
-    removed and no file with a final output name is left.
+    removed and OUTPUT_DIR holds what it held before (a previous dataset stays whole).
     """
     corpus_files = find_corpus_files(config.corpus_dir)
     check_vocab(config.vocab_file)
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    remove_previous_outputs(output_dir)
-    temp_dir = output_dir / TEMP_DIR_NAME
-    temp_dir.mkdir()
+    output_dir = writable_output_dir(config.output_dir, "--output-dir")
     num_workers = min(config.num_processes, config.num_out_files, len(corpus_files))
     if num_workers < config.num_processes:
         logger.info("using %d processes: there are only %d input files and %d output files",
@@ -653,7 +663,7 @@ def build_dataset(config: BuildConfig) -> dict:
     from tqdm import tqdm
 
     start = time.perf_counter()
-    try:
+    with staged_outputs(output_dir, is_output_name, SUMMARY_NAME) as temp_dir:
         with tqdm(total=sum(f.size for f in corpus_files), unit="B", unit_scale=True,
                   desc="building examples") as bar:
             stats = build_stats(plans, config, temp_dir, bar.update)
@@ -662,11 +672,10 @@ def build_dataset(config: BuildConfig) -> dict:
             raise DatasetBuildError(f"empty corpus: no example could be built from "
                                     f"{config.corpus_dir} ({stats.sentences} sentences"
                                     f"{skipped})")
+        check_unknown_tokens(stats, config)
         summary = summarize(stats, config, len(corpus_files), num_workers,
                             time.perf_counter() - start)
-        commit_outputs(temp_dir, output_dir, config.num_out_files, summary)
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        finish_outputs(temp_dir, config.num_out_files, summary)
     return summary
 
 
@@ -707,7 +716,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "vocab/vocab.txt)")
     parser.add_argument("--output-dir", required=True,
                         help="where pretrain_data.tfrecord-{i}-of-{N} and build_summary.json "
-                             "go; outputs of earlier runs there are removed first")
+                             "go; they replace an earlier run's only once this one succeeds")
     parser.add_argument("--max-seq-length", type=_at_least(MIN_TARGET_LENGTH), default=128,
                         help="example length L (128 for phase 1, 512 for phase 2; "
                              "default: %(default)s)")
@@ -744,7 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = BuildConfig(**vars(args))
     try:
         summary = build_dataset(config)
-    except DatasetBuildError as error:
+    except UserError as error:
         logger.error("%s", error)
         return 1
     log_summary(summary)

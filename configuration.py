@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from json_input import JsonInputError, parse_json_bytes
+from safe_io import UserError
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 
-# Sizes of SPEC section 1: (layers, hidden, embedding, generator hidden fraction).
+# Sizes of docs/recipe.md, Model sizes: (layers, hidden, embedding, generator hidden fraction).
 MODEL_SIZES: dict[str, tuple[int, int, int, float]] = {
     "small": (12, 256, 128, 0.25),
     "base": (12, 768, 768, 1.0 / 3.0),
@@ -25,8 +29,57 @@ _REQUIRED_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attenti
                   "intermediate_size")
 
 
-class ConfigError(ValueError):
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not a size
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_positive_integer(value: Any) -> bool:
+    return _is_integer(value) and value > 0
+
+
+def _positive_number(value: Any) -> bool:
+    return _is_finite_number(value) and value > 0
+
+
+def _dropout_rate(value: Any) -> bool:
+    return _is_finite_number(value) and 0 <= value < 1
+
+
+# What each field must hold (the one place config values are checked, for config.json files and
+# for presets alike), as (requirement in words, test).
+_FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    **{name: ("a positive integer", is_positive_integer)
+       for name in ("vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size", "max_position_embeddings", "type_vocab_size")},
+    "hidden_act": (f"one of {SUPPORTED_ACTIVATIONS}", lambda value: value in SUPPORTED_ACTIVATIONS),
+    "hidden_dropout_prob": ("a probability in [0, 1)", _dropout_rate),
+    "attention_probs_dropout_prob": ("a probability in [0, 1)", _dropout_rate),
+    "initializer_range": ("a positive finite number", _positive_number),
+    "layer_norm_eps": ("a positive finite number", _positive_number),
+    "pad_token_id": ("a token id (an integer >= 0)", lambda value: _is_integer(value) and value >= 0),
+}
+# Keys of Hugging Face's ElectraConfig that change the model but have one supported value here.
+_FIXED_KEYS = {"model_type": "electra", "position_embedding_type": "absolute"}
+
+
+class ConfigError(UserError):
     """A configuration file or value that cannot describe an ELECTRA model."""
+
+
+def read_json_file(path: str) -> Any:
+    """A config file's JSON value; one `ConfigError` naming the file if it cannot be read."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return parse_json_bytes(raw)
+    except JsonInputError as error:
+        raise ConfigError(f"{path}: not valid JSON ({error})") from None
 
 
 @dataclass(frozen=True)
@@ -52,18 +105,16 @@ class ElectraConfig:
     pad_token_id: int = 0
 
     def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.type == "int" and (not isinstance(value, int) or isinstance(value, bool) or value <= 0) \
-                    and field.name != "pad_token_id":
-                raise ConfigError(f"{field.name} must be a positive integer, got {value!r}")
-            if field.type == "float" and not isinstance(value, (int, float)):
-                raise ConfigError(f"{field.name} must be a number, got {value!r}")
+        for name, (requirement, accepts) in _FIELD_RULES.items():
+            value = getattr(self, name)
+            if not accepts(value):
+                raise ConfigError(f"{name} must be {requirement}, got {value!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"hidden_size {self.hidden_size} is not a multiple of "
                               f"num_attention_heads {self.num_attention_heads}")
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
-            raise ConfigError(f"hidden_act {self.hidden_act!r} is not one of {SUPPORTED_ACTIVATIONS}")
+        if self.pad_token_id >= self.vocab_size:
+            raise ConfigError(f"pad_token_id must be a token id below vocab_size {self.vocab_size}, "
+                              f"got {self.pad_token_id}")
 
     @property
     def head_size(self) -> int:
@@ -95,7 +146,7 @@ class ElectraConfig:
                                    intermediate_size=4 * hidden_size)
 
     def default_generator_fraction(self) -> float:
-        """SPEC section 1's fraction for the preset whose hidden size this config has."""
+        """The recipe's fraction (docs/recipe.md) for the preset whose hidden size this config has."""
         for _, hidden, _, fraction in MODEL_SIZES.values():
             if hidden == self.hidden_size:
                 return fraction
@@ -117,8 +168,9 @@ class ElectraConfig:
         """Read a Hugging Face Electra `config.json` dict; unknown keys are ignored."""
         if not isinstance(content, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(content).__name__}")
-        if content.get("model_type", "electra") != "electra":
-            raise ConfigError(f"{source}: model_type is {content['model_type']!r}, expected 'electra'")
+        for key, supported in _FIXED_KEYS.items():
+            if content.get(key, supported) != supported:
+                raise ConfigError(f"{source}: {key} is {content[key]!r}, expected {supported!r}")
         missing = [k for k in _REQUIRED_KEYS if k not in content]
         if missing:
             raise ConfigError(f"{source}: missing required keys {missing}")
@@ -136,19 +188,12 @@ class ElectraConfig:
 
     @classmethod
     def from_json_file(cls, path: str) -> "ElectraConfig":
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                content = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"{path}: not valid JSON ({error})") from None
-        return cls.from_dict(content, source=path)
+        return cls.from_dict(read_json_file(path), source=path)
 
 
 @dataclass(frozen=True)
 class PretrainingObjective:
-    """Hyper-parameters of replaced-token detection (SPEC sections 3 and 4)."""
+    """Hyper-parameters of replaced-token detection (docs/recipe.md, Dynamic masking and The objective)."""
 
     mask_prob: float = 0.15
     discriminator_weight: float = 50.0

@@ -6,7 +6,7 @@ values and applies the same averaged gradient, so the copies stay identical. Eng
 - `tf_distribute`: TensorFlow's MultiWorkerMirroredStrategy, used only for its collectives
   (RING on CPU, NCCL on GPU), started by `scripts/launch_processes.sh` or srun; keeping the
   variables outside the strategy's scope avoids Keras 3's own all-reduce inside
-  `apply_gradients`, which would count the gradients once per replica (DESIGN.md);
+  `apply_gradients`, which would count the gradients once per replica;
 - `single`: one process, nothing to reduce.
 The command-line programs pick one with `create_engine`, passing the process environment in.
 """
@@ -89,7 +89,7 @@ class TFDistributeEngine(SingleProcess):
             implementation=tf.distribute.experimental.CommunicationImplementation.AUTO)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         resolver = self.strategy.cluster_resolver
-        self.rank = resolver.task_id
+        self.rank = resolver.task_id or 0  # None without TF_CONFIG: one worker (e.g. a one-task srun)
         self.size = self.strategy.num_replicas_in_sync
         self.local_rank = local_rank
         self._sum = tf.function(self._replica_sum)

@@ -1,52 +1,62 @@
 """Model folders in the Hugging Face layout: `config.json` + `model.safetensors`.
 
-Parameter names are transformers' (SPEC section 8), so a discriminator trained here opens in
+Parameter names are transformers' (docs/recipe.md, Parameter names), so a discriminator trained here opens in
 transformers and a released ELECTRA opens here. Linear weights are stored [out, in], the
 transpose of a Keras kernel. Encoder names are handled in one canonical form,
 `electra.<name>`; a bare encoder (transformers' `ElectraModel`) stores them without the prefix.
 QA models add their head: the plain head under transformers' `qa_outputs` names, the joint head
 under `qa_head.` (XLNet's pooler names), with `joint_head`, `version_2_with_negative` and
-`beam_size` as extra `config.json` keys.
+`beam_size` as extra `config.json` keys. Sequence classifiers add transformers' `classifier.dense`
+and `classifier.out_proj` with its `num_labels`, `id2label`, `label2id` and `problem_type` keys.
 """
 from __future__ import annotations
 
-import glob
-import json
 import logging
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import huggingface_hub
 import keras
 import numpy as np
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-from configuration import ElectraConfig
-from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraGenerator, ElectraLayer,
-                      ElectraModel, JointQAHead)
+from configuration import ElectraConfig, is_positive_integer, read_json_file
+from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraForSequenceClassification,
+                      ElectraGenerator, ElectraLayer, ElectraModel, JointQAHead)
+from safe_io import UserError
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PYTORCH_WEIGHTS_FILE = "pytorch_model.bin"
+VOCAB_FILE = "vocab.txt"
 ENCODER_PREFIX = "electra."
 TIED_GENERATOR_WEIGHT = "generator_lm_head.weight"
 # Tensors a folder may hold that a model without those heads simply does not use.
 PRETRAINING_HEAD_PREFIXES = ("discriminator_predictions.", "generator_predictions.", "generator_lm_head.")
 IGNORED_BUFFERS = ("electra.embeddings.position_ids",)
 RELEASED_MODEL_NAME = re.compile(r"^google/electra-(small|base|large)-(discriminator|generator)$")
+RELEASED_PAIR_NAME = re.compile(r"^google/electra-(small|base|large)$")
 ARCHITECTURES = {ElectraModel: "ElectraModel", ElectraDiscriminator: "ElectraForPreTraining",
                  ElectraGenerator: "ElectraForMaskedLM"}
 # The plain QA head is transformers' ElectraForQuestionAnswering; the joint head has no
 # transformers class, so its folders name one that says so.
 QA_ARCHITECTURES = {False: "ElectraForQuestionAnswering", True: "ElectraForQuestionAnsweringJointHead"}
-QA_HEAD_SETTINGS = ("joint_head", "version_2_with_negative", "beam_size")
+# The keys a QA folder's config.json adds, with (requirement in words, test).
+QA_HEAD_SETTINGS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "joint_head": ("true or false", lambda value: isinstance(value, bool)),
+    "version_2_with_negative": ("true or false", lambda value: isinstance(value, bool)),
+    "beam_size": ("a positive integer", is_positive_integer),
+}
+CLASSIFIER_ARCHITECTURE = "ElectraForSequenceClassification"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UserError):
     """A model folder whose files do not fit the model they are loaded into."""
 
 
@@ -133,6 +143,9 @@ def hf_parameters(model: keras.Model) -> dict[str, HFParameter]:
     elif isinstance(model, ElectraForQuestionAnswering):
         params.update(_joint_qa_head("qa_head", model.qa_head) if model.joint_head
                       else _dense("qa_outputs", model.qa_outputs))
+    elif isinstance(model, ElectraForSequenceClassification):
+        params.update(_dense("classifier.dense", model.classifier.dense))
+        params.update(_dense("classifier.out_proj", model.classifier.out_proj))
     else:
         raise TypeError(f"no Hugging Face names are defined for {type(model).__name__}")
     return params
@@ -150,66 +163,136 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def huggingface_cache_dir(environ: Mapping[str, str]) -> str:
-    """The hub cache folder transformers uses, from the given environment variables."""
-    if environ.get("HF_HUB_CACHE"):
-        return environ["HF_HUB_CACHE"]
-    hf_home = environ.get("HF_HOME") or os.path.join(
-        environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
-    return os.path.join(hf_home, "hub")
-
-
 def resolve_model_folder(name_or_path: str, cache_dir: str | None = None) -> str:
-    """A local folder as is, or a released `google/electra-*` name found in the hub cache."""
+    """A local folder as is, or a released `google/electra-*` name: its snapshot in the Hugging
+    Face cache, downloaded there first when missing. huggingface_hub does the work, so its
+    settings apply: HF_HOME / HF_HUB_CACHE (where), HF_HUB_OFFLINE (never download), HF_ENDPOINT
+    and HF_TOKEN."""
     if os.path.isdir(name_or_path):
         return name_or_path
     if not RELEASED_MODEL_NAME.match(name_or_path):
         raise FileNotFoundError(f"model folder not found: {name_or_path} (expected a folder with "
                                 f"{CONFIG_FILE} and {WEIGHTS_FILE}, or a name like "
                                 "google/electra-base-discriminator)")
-    cache_dir = cache_dir or huggingface_cache_dir({})
-    repo_dir = os.path.join(cache_dir, "models--" + name_or_path.replace("/", "--"))
-    snapshot = _cached_snapshot(repo_dir)
-    if snapshot is None:
-        raise FileNotFoundError(
-            f"{name_or_path} is not in the local Hugging Face cache ({repo_dir}). Download it on a "
-            f"machine with internet access, e.g. `huggingface-cli download {name_or_path} "
-            f"{CONFIG_FILE} {WEIGHTS_FILE}` (or `{PYTORCH_WEIGHTS_FILE}`), then copy the cache or "
-            "pass the downloaded folder's path.")
-    return snapshot
+    return cached_released_model(name_or_path, cache_dir) or download_released_model(name_or_path, cache_dir)
 
 
-def _cached_snapshot(repo_dir: str) -> str | None:
-    """The snapshot `refs/main` points at, else any snapshot that holds a config."""
-    ref = os.path.join(repo_dir, "refs", "main")
-    if os.path.isfile(ref):
-        with open(ref, encoding="utf-8") as f:
-            candidate = os.path.join(repo_dir, "snapshots", f.read().strip())
-        if os.path.isfile(os.path.join(candidate, CONFIG_FILE)):
-            return candidate
-    snapshots = sorted(glob.glob(os.path.join(repo_dir, "snapshots", "*", CONFIG_FILE)))
-    return os.path.dirname(snapshots[-1]) if snapshots else None
+def resolve_pretraining_folders(name_or_path: str, cache_dir: str | None = None) -> dict[str, str]:
+    """{"discriminator": folder, "generator": folder} to start pretraining from: FOLDER/discriminator
+    and FOLDER/generator (postprocess_pretrained_ckpt.py's output), or the two released models of
+    google/electra-{small,base,large}."""
+    if RELEASED_PAIR_NAME.match(name_or_path):
+        return {part: resolve_model_folder(f"{name_or_path}-{part}", cache_dir)
+                for part in ("discriminator", "generator")}
+    if not os.path.isdir(name_or_path):
+        raise FileNotFoundError(f"{name_or_path}: expected a folder with discriminator/ and generator/ model "
+                                "folders, or google/electra-small, -base or -large")
+    return {part: os.path.join(name_or_path, part) for part in ("discriminator", "generator")}
+
+
+def _holds_model(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, CONFIG_FILE)) and any(
+        os.path.isfile(os.path.join(folder, weights)) for weights in (WEIGHTS_FILE, PYTORCH_WEIGHTS_FILE))
+
+
+def cached_released_model(name: str, cache_dir: str | None = None) -> str | None:
+    """The snapshot of `name` that the Hugging Face cache holds with a config and weights, found
+    without any network access; None if there is none."""
+    try:  # (asking for the config only: the cache need not hold the repository's other files)
+        folder = huggingface_hub.snapshot_download(name, cache_dir=cache_dir, local_files_only=True,
+                                                   allow_patterns=[CONFIG_FILE])
+    except LocalEntryNotFoundError:
+        return None
+    return folder if _holds_model(folder) else None
+
+
+def download_released_model(name: str, cache_dir: str | None = None) -> str:
+    """Download `name`'s config, vocabulary and weights (safetensors, else the older
+    pytorch_model.bin) into the Hugging Face cache; one clear error when that is impossible."""
+    try:
+        folder = huggingface_hub.snapshot_download(name, cache_dir=cache_dir,
+                                                   allow_patterns=[CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE])
+        if not os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
+            folder = huggingface_hub.snapshot_download(name, cache_dir=cache_dir, allow_patterns=[PYTORCH_WEIGHTS_FILE])
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise FileNotFoundError(_unavailable_message(name, cache_dir, error)) from None
+    if not _holds_model(folder):
+        raise FileNotFoundError(f"{name} on the Hugging Face Hub has no {CONFIG_FILE} with {WEIGHTS_FILE} or "
+                                f"{PYTORCH_WEIGHTS_FILE}")
+    return folder
+
+
+def _unavailable_message(name: str, cache_dir: str | None, error: Exception) -> str:
+    cache = cache_dir or huggingface_hub.constants.HF_HUB_CACHE
+    if isinstance(error.__cause__, OfflineModeIsEnabled) or isinstance(error, OfflineModeIsEnabled):
+        reason = "HF_HUB_OFFLINE is set"
+    elif isinstance(error, HfHubHTTPError) and error.response is not None:
+        reason = f"the Hub answered HTTP {error.response.status_code}"
+    else:
+        reason = "the Hub could not be reached: " + (str(error.__cause__ or error).splitlines() or ["?"])[0]
+    return (f"{name} is not in the Hugging Face cache ({cache}) and was not downloaded ({reason}). With internet "
+            f"access, run `{download_command(name)}` (the environment of scripts/setup_env.sh has `hf`) with the "
+            "same HF_HOME or HF_HUB_CACHE, or copy a cache that holds it, or pass a model folder's path instead")
+
+
+def download_command(name: str) -> str:
+    """huggingface_hub's command line that puts `name` into the Hugging Face cache."""
+    return f"hf download {name} {CONFIG_FILE} {VOCAB_FILE} {WEIGHTS_FILE}"
 
 
 def read_config(folder: str) -> ElectraConfig:
-    return ElectraConfig.from_json_file(os.path.join(folder, CONFIG_FILE))
+    """The architecture in the folder's config.json (every key checked, see `read_folder_config`)."""
+    return read_folder_config(folder)[0]
 
 
 def read_qa_head_settings(folder: str) -> dict[str, Any] | None:
     """The QA head a fine-tuned folder holds (`joint_head`, `version_2_with_negative`,
-    `beam_size` from its config.json), or None for a folder without one."""
-    with open(os.path.join(folder, CONFIG_FILE), encoding="utf-8") as f:
-        content = json.load(f)
-    if "joint_head" not in content:
+    `beam_size` from its config.json), or None for a folder without one or without config.json
+    (whose architecture then comes from elsewhere, e.g. run_tf_squad.py's --electra_model)."""
+    if not os.path.isfile(os.path.join(folder, CONFIG_FILE)):
         return None
+    return read_folder_config(folder)[1]
+
+
+def read_folder_config(folder: str) -> tuple[ElectraConfig, dict[str, Any] | None]:
+    """The folder's config.json, every key this code uses checked at once: the architecture
+    and, for a fine-tuned QA folder, its head settings. Errors name the file and the key."""
+    path = os.path.join(folder, CONFIG_FILE)
+    content = read_json_file(path)
+    config = ElectraConfig.from_dict(content, source=path)
+    if "joint_head" not in content:
+        return config, None
     settings = {key: content[key] for key in QA_HEAD_SETTINGS if key in content}
-    if not isinstance(settings["joint_head"], bool) or not isinstance(settings.get("beam_size", 1), int):
-        raise ModelFolderError(f"{folder}/{CONFIG_FILE}: joint_head must be true/false and beam_size an integer")
-    return settings
+    for key, value in settings.items():
+        requirement, accepts = QA_HEAD_SETTINGS[key]
+        if not accepts(value):
+            raise ModelFolderError(f"{path}: {key} must be {requirement}, got {value!r}")
+    return config, settings
+
+
+def read_classifier_labels(folder: str) -> tuple[bool, tuple[str, ...] | None]:
+    """(whether the folder holds a sequence classifier, its class names in id order or None for a
+    regression head), from config.json as transformers writes it (num_labels 1 means regression)."""
+    path = os.path.join(folder, CONFIG_FILE)
+    content = read_json_file(path)
+    if CLASSIFIER_ARCHITECTURE not in (content.get("architectures") or []):
+        return False, None
+    id2label = content.get("id2label") or {}
+    try:
+        names = [id2label[key] for key in sorted(id2label, key=int)]
+    except ValueError:
+        raise ModelFolderError(f"{path}: id2label keys must be class ids (0, 1, ...)") from None
+    num_labels = content.get("num_labels", len(names))
+    if content.get("problem_type") == "regression" or num_labels == 1:
+        return True, None
+    if len(names) != num_labels or len(names) < 2:
+        raise ModelFolderError(f"{path}: id2label names {len(names)} classes, num_labels says {num_labels}")
+    return True, tuple(names)
 
 
 def read_tensors(folder: str) -> dict[str, np.ndarray]:
-    """The folder's tensors under canonical names, as float32 NumPy arrays."""
+    """The folder's tensors under canonical names, as float32 NumPy arrays; a file that cannot
+    be read, or holds anything but real finite numbers, is one `ModelFolderError` naming it."""
     path = os.path.join(folder, WEIGHTS_FILE)
     if os.path.isfile(path):
         try:
@@ -217,21 +300,65 @@ def read_tensors(folder: str) -> dict[str, np.ndarray]:
         except (SafetensorError, OSError) as error:
             raise ModelFolderError(f"{path}: not a readable safetensors file ({error})") from None
     elif os.path.isfile(os.path.join(folder, PYTORCH_WEIGHTS_FILE)):
-        tensors = _read_pytorch_weights(os.path.join(folder, PYTORCH_WEIGHTS_FILE))
+        path = os.path.join(folder, PYTORCH_WEIGHTS_FILE)
+        tensors = _read_pytorch_weights(path)
     else:
         raise FileNotFoundError(f"no {WEIGHTS_FILE} (or {PYTORCH_WEIGHTS_FILE}) in {folder}")
-    return {canonical_name(k): np.asarray(v, dtype=np.float32) for k, v in tensors.items()}
+    return {canonical_name(name): _finite_float32(value, name, path) for name, value in tensors.items()}
+
+
+def _finite_float32(value: np.ndarray, name: str, path: str) -> np.ndarray:
+    """A tensor as the model holds it, float32, refused when that is not a faithful copy:
+    complex or boolean values, or values that are NaN or infinite (a diverged run, a corrupt
+    file) or beyond float32's range."""
+    if value.dtype.kind in "cb":
+        raise ModelFolderError(f"{path}: tensor {name} holds {value.dtype} values, expected real numbers")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = np.asarray(value, dtype=np.float32)
+    bad = converted.size - int(np.count_nonzero(np.isfinite(converted)))
+    if bad:
+        raise ModelFolderError(f"{path}: tensor {name} has {bad} of {converted.size} values that are NaN, "
+                               "infinite or beyond float32's range: the run that wrote it diverged or the file "
+                               "is corrupt")
+    return converted
 
 
 def _read_pytorch_weights(path: str) -> dict[str, np.ndarray]:
-    """Released checkpoints older than safetensors; needs PyTorch, loads tensors only."""
+    """Released checkpoints older than safetensors; needs PyTorch, loads tensors only
+    (`weights_only=True`: no code in the file runs). Anything but a dict of real tensors by
+    name is one `ModelFolderError`."""
     try:
         import torch
     except ImportError:
         raise ModelFolderError(f"{path}: reading {PYTORCH_WEIGHTS_FILE} needs PyTorch; install it "
                                f"or convert the folder to {WEIGHTS_FILE}") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in state.items()}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 -- whatever the unpickler meets, the file is unreadable
+        raise ModelFolderError(f"{path}: not a readable PyTorch weights file ({_torch_load_problem(error)}); "
+                               f"it may be truncated or not a state dict: download it again or convert the "
+                               f"folder to {WEIGHTS_FILE}") from None
+    if not isinstance(state, dict):
+        raise ModelFolderError(f"{path}: holds an object of type {type(state).__name__}, expected a dict of "
+                               "tensors by name")
+    tensors = {}
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise ModelFolderError(f"{path}: entry {name!r} holds an object of type {type(value).__name__}, "
+                                   "expected a dict of tensors by name")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise ModelFolderError(f"{path}: tensor {name} holds {value.dtype} values, expected real numbers")
+        tensors[name] = value.float().numpy()
+    return tensors
+
+
+def _torch_load_problem(error: Exception) -> str:
+    """The informative part of a torch.load error: the unpickler's own reason when there is one
+    (not its advice to load without weights_only), else the first sentence."""
+    message = str(error)
+    reason = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+    sentence = (reason.group(1) if reason else message).strip().split("\n")[0].split(". ")[0].rstrip(".")
+    return f"{type(error).__name__}: {sentence}" if sentence else type(error).__name__
 
 
 def assign_tensors(model: keras.Model, tensors: Mapping[str, np.ndarray], source: str) -> LoadReport:
@@ -306,6 +433,8 @@ def save_model_folder(model: keras.Model, folder: str) -> None:
         tensors[key] = np.ascontiguousarray(value.T if param.transpose else value)
     if isinstance(model, ElectraForQuestionAnswering):
         architecture, extra = QA_ARCHITECTURES[model.joint_head], model.head_settings()
+    elif isinstance(model, ElectraForSequenceClassification):
+        architecture, extra = CLASSIFIER_ARCHITECTURE, model.head_settings()
     else:
         architecture, extra = ARCHITECTURES[type(model)], None
     weights_tmp = os.path.join(folder, WEIGHTS_FILE + ".tmp")

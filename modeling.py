@@ -4,14 +4,14 @@ Models build their weights from the config at construction (each `build` builds 
 explicitly), so a model can be restored from a checkpoint or a model folder before it has seen
 data, and variable paths are stable: `electra/embeddings/...`, `electra/embeddings_project/...`,
 `electra/layer_{i}/...`, `<model>/discriminator_predictions/...`, `<model>/generator_predictions/...`,
-`<model>/qa_head/...` or `<model>/qa_outputs/...`.
+`<model>/qa_head/...` or `<model>/qa_outputs/...`, `<model>/classifier/...`.
 Layers accept a Keras dtype policy (`float32`, `mixed_float16`, `mixed_bfloat16`): weights stay
 float32, compute follows the policy, attention softmax and model outputs are float32.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import tensorflow as tf
@@ -188,7 +188,7 @@ class ElectraModel(keras.Model):
     """The ELECTRA encoder: embeddings, optional `embeddings_project`, transformer layers.
 
     `embeddings` may be passed in to share one embedding block between generator and
-    discriminator (SPEC section 4).
+    discriminator (docs/recipe.md, The objective).
     """
 
     def __init__(self, config: ElectraConfig, embeddings: ElectraEmbeddings | None = None,
@@ -335,7 +335,7 @@ class ElectraGenerator(keras.Model):
 
 
 class ElectraPretrainingModel(keras.Model):
-    """Generator + discriminator for replaced-token detection (SPEC section 4).
+    """Generator + discriminator for replaced-token detection (docs/recipe.md, The objective).
 
     The two share one embedding block. The generator's masked-LM head runs only at the masked
     positions (about 15% of tokens), which is where its loss and samples are needed.
@@ -424,7 +424,7 @@ def apply_p_mask(logits: tf.Tensor, p_mask: tf.Tensor | None) -> tf.Tensor:
 
 
 class JointQAHead(keras.layers.Layer):
-    """The XLNet-style head of Google ELECTRA and NVIDIA's recipe (SPEC section 7).
+    """The XLNet-style head of Google ELECTRA and NVIDIA's recipe (docs/recipe.md, SQuAD fine-tuning).
 
     start logits = dense(1)(h_t); end logits given a start s = dense(1)(LayerNorm(tanh(
     dense(hidden)(concat[h_t, h_s])))); for SQuAD 2.0 an answer classifier
@@ -589,3 +589,87 @@ def span_position_loss(logits: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
     """Mean cross-entropy of the gold positions under softmax over the sequence (float32)."""
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(positions, tf.int32), logits=tf.cast(logits, tf.float32)))
+
+
+# ============================================================================= sequence classification
+
+class ClassificationHead(keras.layers.Layer):
+    """ELECTRA's sentence head on the [CLS] state: dropout -> dense(hidden) -> gelu -> dropout ->
+    dense(num_labels), transformers' ElectraClassificationHead (gelu whatever the encoder's
+    activation, dropout at the encoder's hidden dropout rate)."""
+
+    def __init__(self, config: ElectraConfig, num_labels: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.config = config
+        self.dense = dense(config.hidden_size, config, "dense", self.dtype_policy)
+        self.out_proj = dense(num_labels, config, "out_proj", self.dtype_policy)
+        self.dropout = keras.layers.Dropout(config.hidden_dropout_prob, dtype=self.dtype_policy)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.dense.build((None, self.config.hidden_size))
+        self.out_proj.build((None, self.config.hidden_size))
+
+    def call(self, hidden: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """[batch, seq, hidden] -> float32 [batch, num_labels]."""
+        x = self.dropout(hidden[:, 0], training=training)
+        x = tf.nn.gelu(self.dense(x), approximate=False)
+        x = self.dropout(x, training=training)
+        return tf.cast(self.out_proj(x), tf.float32)
+
+
+class ElectraForSequenceClassification(keras.Model):
+    """ELECTRA encoder + `ClassificationHead` for sentence and sentence-pair tasks: `labels` names
+    the classes (cross-entropy), `labels=None` makes one regression output (mean squared error),
+    as transformers' ElectraForSequenceClassification with num_labels=1."""
+
+    # Hugging Face names a discriminator folder lacks: reported as newly initialised on load.
+    HF_NEW_HEAD_PREFIXES = ("classifier.",)
+
+    def __init__(self, config: ElectraConfig, labels: Sequence[str] | None = ("0", "1"),
+                 name: str = "electra_for_sequence_classification", **kwargs: Any):
+        super().__init__(name=name, **kwargs)
+        if labels is not None and len(labels) < 2:
+            raise ValueError(f"a classifier needs at least 2 labels, got {list(labels)} (labels=None: regression)")
+        self.config = config
+        self.labels = None if labels is None else tuple(labels)
+        self.electra = ElectraModel(config, name="electra", dtype=self.dtype_policy)
+        self.classifier = ClassificationHead(config, self.num_labels, name="classifier", dtype=self.dtype_policy)
+        self.build(None)
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.labels is None else len(self.labels)
+
+    def build(self, input_shape: Any = None) -> None:
+        self.classifier.build(None)
+
+    def head_settings(self) -> dict[str, Any]:
+        """transformers' config.json keys for the head: num_labels, id2label, label2id, problem_type."""
+        names = list(self.labels) if self.labels is not None else ["LABEL_0"]
+        return {"num_labels": self.num_labels, "id2label": {str(i): n for i, n in enumerate(names)},
+                "label2id": {n: i for i, n in enumerate(names)},
+                "problem_type": "regression" if self.is_regression else "single_label_classification"}
+
+    def call(self, input_ids: tf.Tensor, attention_mask: tf.Tensor | None = None,
+             token_type_ids: tf.Tensor | None = None, training: bool = False) -> dict[str, tf.Tensor]:
+        """{"logits": float32 [batch, num_labels]} (regression: [batch, 1] scores)."""
+        hidden = self.electra(input_ids, attention_mask, token_type_ids, training=training)["last_hidden_state"]
+        return {"logits": self.classifier(hidden, training=training)}
+
+    def training_losses(self, batch: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
+        """float32 loss of a batch of `glue_utils.GlueFeatures` fields."""
+        logits = self(batch["input_ids"], batch["input_mask"], batch["segment_ids"], training=training)["logits"]
+        return {"total_loss": sequence_classification_loss(logits, batch["label_ids"], self.is_regression)}
+
+
+def sequence_classification_loss(logits: tf.Tensor, targets: tf.Tensor, regression: bool) -> tf.Tensor:
+    """Mean squared error of [batch, 1] scores, or mean cross-entropy of class ids (float32)."""
+    logits = tf.cast(logits, tf.float32)
+    if regression:
+        return tf.reduce_mean(tf.square(logits[:, 0] - tf.cast(targets, tf.float32)))
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(targets, tf.int32), logits=logits))

@@ -1,4 +1,4 @@
-"""Optimisation for ELECTRA (SPEC section 5): LAMB, AdamW, the warm-up + polynomial-decay schedule,
+"""Optimisation for ELECTRA (docs/recipe.md, Optimisation): LAMB, AdamW, the warm-up + polynomial-decay schedule,
 layer-wise learning-rate decay, gradient accumulation and dynamic loss scaling.
 
 The pieces fit the training step as follows: accumulate the micro-batch gradients of the scaled
@@ -248,7 +248,7 @@ _ENCODER_LAYER_PATTERN = re.compile(r"(^|/)layer_(\d+)/")
 
 
 def layer_depth(path: str, num_layers: int) -> int:
-    """SPEC section 5: embeddings (and `embeddings_project`) 0, encoder layer i is i + 1,
+    """docs/recipe.md, Optimisation: embeddings (and `embeddings_project`) 0, encoder layer i is i + 1,
     anything else (task heads) num_layers + 2."""
     if _EMBEDDINGS_PATTERN.search(path):
         return 0

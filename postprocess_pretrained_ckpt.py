@@ -23,8 +23,9 @@ import tensorflow as tf  # noqa: E402
 from configuration import ElectraConfig, PretrainingObjective  # noqa: E402
 from model_folder import save_model_folder  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
-from run_pretraining import checkpoint_path  # noqa: E402
 from run_utils import RUN_CONFIG_FILE  # noqa: E402
+from safe_io import check_output_dir, writable_output_dir  # noqa: E402
+from training import resolve_checkpoint  # noqa: E402
 
 logger = logging.getLogger("postprocess_pretrained_ckpt")
 
@@ -79,6 +80,7 @@ def restore_pretraining_model(checkpoint: str) -> ElectraPretrainingModel:
 def postprocess(checkpoint: str, output_dir: str, vocab_file: str | None) -> dict[str, str]:
     """Write both model folders; returns {"discriminator": folder, "generator": folder}."""
     model = restore_pretraining_model(checkpoint)
+    writable_output_dir(output_dir, "--output_dir")  # after the checks: a failed export leaves no folder
     folders = {}
     for part in ("discriminator", "generator"):
         folder = os.path.join(output_dir, part)
@@ -96,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.vocab_file and not os.path.isfile(args.vocab_file):
             raise FileNotFoundError(f"vocab file not found: {args.vocab_file}")
-        checkpoint = checkpoint_path(args.pretrained_checkpoint, args.pretrained_checkpoint)
+        check_output_dir(args.output_dir, "--output_dir")  # created only once the checkpoint has passed
+        checkpoint = resolve_checkpoint(args.pretrained_checkpoint, args.pretrained_checkpoint)
         postprocess(checkpoint, args.output_dir, args.vocab_file)
     except (FileNotFoundError, ValueError) as error:
         logger.error("%s", error)

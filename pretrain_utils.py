@@ -1,8 +1,8 @@
 """Pretraining input pipeline and the per-step math of replaced-token detection.
 
 The input pipeline reads the TFRecords of `build_pretraining_dataset.py` (unmasked examples)
-into int32 batches. Masking happens per step, then the generator's samples replace the masked
-tokens and give the discriminator its labels.
+into int32 batches. Masking happens per step (docs/recipe.md), then the generator's samples
+replace the masked tokens and give the discriminator its labels.
 
 Every random number of a step is a Philox4x32-10 block (the generator behind TensorFlow's
 stateless ops) computed with integer tensor ops from a counter (global row, position or slot,
@@ -17,9 +17,13 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import struct
 from typing import NamedTuple, Sequence
 
 import tensorflow as tf
+from google.protobuf import message
+
+from safe_io import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,8 @@ def pretraining_dataset(file_patterns: str, batch_size: int, max_seq_length: int
     files = list_pretraining_files(file_patterns)
     shard_by_file = len(files) >= world_size
     rank_files = files[rank::world_size] if shard_by_file else files
+    for path in rank_files:
+        check_record_length(path, max_seq_length)
     logger.info("rank %d of %d reads %d of %d pretraining files (sharded by %s)", rank, world_size,
                 len(rank_files), len(files), "file" if shard_by_file else "record")
 
@@ -74,6 +80,39 @@ def pretraining_dataset(file_patterns: str, batch_size: int, max_seq_length: int
     batches = batches.map(lambda filenames, serialized: parse_batch(filenames, serialized, max_seq_length),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def first_record(path: str) -> bytes | None:
+    """The data of a TFRecord file's first record, or None when the file has no whole first
+    record (an empty file; a truncated one fails later, in the reader, with its name)."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        header = f.read(12)  # uint64 length, uint32 masked CRC of the length
+        if len(header) < 12:
+            return None
+        length = struct.unpack("<Q", header[:8])[0]
+        data = f.read(length)
+    return data if len(data) == length else None
+
+
+def check_record_length(path: str, max_seq_length: int) -> None:
+    """Fail before training, in one line, when a file's records are not max_seq_length long
+    (TFRecords built for the other phase): the pipeline would stop mid-run with a traceback."""
+    data = first_record(path)
+    if data is None:
+        return
+    try:
+        features = tf.train.Example.FromString(data).features.feature
+    except message.DecodeError:
+        return  # not an Example: the reader names the file when it gets there
+    for name in FEATURE_NAMES:
+        if name not in features:
+            raise UserError(f"{path}: its records have no {name} feature; expected TFRecords from "
+                            "build_pretraining_dataset.py")
+        length = len(features[name].int64_list.value)
+        if length != max_seq_length:
+            raise UserError(f"{path}: its records hold {name} of length {length}, but --max_seq_length is "
+                            f"{max_seq_length}: pass --max_seq_length {length}, or rebuild the TFRecords with "
+                            f"build_pretraining_dataset.py --max-seq-length {max_seq_length}")
 
 
 def _check_pipeline_args(batch_size: int, max_seq_length: int, rank: int, world_size: int,
@@ -237,8 +276,8 @@ def mask_tokens(input_ids: tf.Tensor, input_mask: tf.Tensor, mask_prob: float, m
                 seed: tf.Tensor, mask_id: int = MASK_ID,
                 special_ids: Sequence[int] = (CLS_ID, SEP_ID, MASK_ID), *,
                 first_row: tf.Tensor | int = 0) -> MaskedBatch:
-    """Dynamic masking: choose positions uniformly among candidates, without replacement, and
-    put [MASK] on each with probability 0.85.
+    """Dynamic masking (docs/recipe.md): choose positions uniformly among candidates, without
+    replacement, and put [MASK] on each with probability 0.85.
 
     num_to_predict = max(1, min(N, round(num_real_tokens x mask_prob))) as in Google's
     `pretrain_helpers.mask()`: num_real_tokens counts every input_mask-1 token, [CLS] and

@@ -16,10 +16,12 @@ from typing import Any, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import run_utils  # noqa: E402
 import squad_utils  # noqa: E402
+from finetuning import add_tokenizer_flags, check_vocab_fits, model_source, vocab_file_for  # noqa: E402
 from model_folder import read_qa_head_settings  # noqa: E402
-from run_tf_squad import (check_head_is_trained, check_vocab_fits, decode_config, load_qa_model,  # noqa: E402
-                          model_source, vocab_file_for)
+from squad_finetuning import (add_decode_flags, add_feature_flags, check_head_is_trained, decode_config,  # noqa: E402
+                              load_qa_model)
 from tokenization import WordPieceTokenizer  # noqa: E402
 
 logger = logging.getLogger("run_inference")
@@ -38,22 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam_size", type=int, default=None, help="joint head beam (default: the folder's)")
     parser.add_argument("--version_2_with_negative", action=argparse.BooleanOptionalAction, default=None,
                         help="allow 'no answer' (default: as the folder was trained)")
-    parser.add_argument("--null_score_diff_threshold", type=float, default=-5.6,
-                        help="no answer when the null odds exceed this (SQuAD 2.0 models)")
-    parser.add_argument("--n_best_size", type=int, default=20, help="candidate answers considered")
-    parser.add_argument("--max_answer_length", type=int, default=30, help="longest answer in tokens")
-    parser.add_argument("--max_seq_length", type=int, default=384, help="WordPiece tokens per window")
-    parser.add_argument("--doc_stride", type=int, default=128, help="tokens between the starts of consecutive windows")
-    parser.add_argument("--max_query_length", type=int, default=64, help="questions are cut to this many tokens")
-    parser.add_argument("--vocab_file", default=None,
-                        help="WordPiece vocab.txt (default: the model folder's, else the repository's)")
-    parser.add_argument("--do_lower_case", action=argparse.BooleanOptionalAction, default=True,
-                        help="lower-case and strip accents (uncased models)")
+    add_decode_flags(parser)
+    add_feature_flags(parser)
+    add_tokenizer_flags(parser)
     return parser
 
 
+def validate_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Counts and lengths below 1 would give no answer at all, silently."""
+    run_utils.require_at_least_one(parser, args, ("n_best_size", "max_answer_length", "max_seq_length",
+                                                  "doc_stride"))
+    if args.beam_size is not None:
+        run_utils.require_at_least_one(parser, args, ("beam_size",))
+
+
 def resolve_head_settings(args: argparse.Namespace, folder: str) -> None:
-    """Fill the head flags left unset from the folder's config.json (SPEC defaults without one)."""
+    """Fill the head flags left unset from the folder's config.json (the recipe's defaults without one)."""
     saved = read_qa_head_settings(folder) or {}
     defaults = {"joint_head": True, "version_2_with_negative": False, "beam_size": 5}
     for name, default in defaults.items():
@@ -61,26 +63,45 @@ def resolve_head_settings(args: argparse.Namespace, folder: str) -> None:
             setattr(args, name, saved.get(name, default))
 
 
+def check_text_is_unicode(flag: str, text: str) -> None:
+    """A command-line argument with a byte that is not UTF-8 reaches Python as a lone surrogate."""
+    position = squad_utils.lone_surrogate(text)
+    if position is None:
+        return
+    code = ord(text[position])
+    what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8," if 0xDC80 <= code <= 0xDCFF
+            else f"the lone surrogate \\u{code:04x}, which is not valid Unicode,")
+    raise ValueError(f"{flag} holds {what} at character {position}: pass UTF-8 text")
+
+
+def check_not_empty(tokenizer: WordPieceTokenizer, flag: str, text: str) -> None:
+    """Empty as squad_utils defines it: a question of zero-width spaces is as empty as ""."""
+    if squad_utils.is_empty_after_normalisation(tokenizer, text):
+        raise ValueError(f"the {flag.lstrip('-')} is empty ({flag}): nothing is left of it once whitespace, "
+                         "control and zero-width characters are removed")
+
+
 def answer(args: argparse.Namespace) -> dict[str, Any]:
     """The best answer: {"text", "score", "probability"} and, for SQuAD 2.0, "null_odds"."""
-    if not args.context.strip():
-        raise ValueError("the context is empty: there is nothing to take an answer from")
-    if not args.question.strip():
-        raise ValueError("the question is empty")
+    for flag, text in (("--question", args.question), ("--context", args.context)):
+        check_text_is_unicode(flag, text)
     config, folder = model_source(args)
     if folder is None:
         raise ValueError(f"{args.init_checkpoint} is not a model folder")
     resolve_head_settings(args, folder)
-    model, report = load_qa_model(config, folder, args.joint_head, args.version_2_with_negative, args.beam_size)
-    check_head_is_trained(folder, report, args.joint_head)
-    tokenizer = WordPieceTokenizer(vocab_file_for(args, folder), do_lower_case=args.do_lower_case)
-    check_vocab_fits(tokenizer, config)
-    example = squad_utils.SquadExample(qas_id="question", question=args.question, context=args.context, answers=())
     feature_config = squad_utils.FeatureConfig(min(args.max_seq_length, config.max_position_embeddings),
                                                args.doc_stride, args.max_query_length)
+    feature_config.check()
+    if args.joint_head:
+        squad_utils.check_beam_fits(args.beam_size, feature_config.max_seq_length)
+    tokenizer = WordPieceTokenizer(vocab_file_for(args, folder), do_lower_case=args.do_lower_case)
+    check_vocab_fits(tokenizer, config)
+    for flag, text in (("--question", args.question), ("--context", args.context)):
+        check_not_empty(tokenizer, flag, text)
+    model, report = load_qa_model(config, folder, args.joint_head, args.version_2_with_negative, args.beam_size)
+    check_head_is_trained(folder, report, args.joint_head)
+    example = squad_utils.SquadExample(qas_id="question", question=args.question, context=args.context, answers=())
     features, _ = squad_utils.featurize_examples([example], tokenizer, feature_config, is_training=False)
-    if len(features) == 0:
-        raise ValueError("the context holds no WordPiece token (e.g. only control characters)")
     outputs = model(features.input_ids, features.input_mask, features.segment_ids, p_mask=features.p_mask)
     predictions = squad_utils.decode_head_outputs([example], features, {k: v.numpy() for k, v in outputs.items()},
                                                   decode_config(args))
@@ -94,7 +115,7 @@ def answer(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = run_utils.parse_checked(build_parser(), validate_args, argv)
     try:
         result = answer(args)
     except (FileNotFoundError, ValueError) as error:

@@ -1,6 +1,6 @@
 """What the training programs (run_pretraining.py, run_tf_squad.py) share: their common flags and
-checks, the compute dtype and loss scale, the multi-process engine they start, the metrics log,
-stopping on SIGTERM/SIGINT, and JSON files.
+checks, the compute dtype and loss scale, the training step built from them, the multi-process
+engine they start, the metrics log, stopping on SIGTERM/SIGINT, and JSON files.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import distributed
 import optimization
+import training
 
 logger = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "run_config.json"
@@ -83,6 +84,21 @@ def start_engine(name: str) -> distributed.SingleProcess:
     return engine
 
 
+def run_on_engine(run: Callable[[argparse.Namespace, distributed.SingleProcess], dict | None],
+                  args: argparse.Namespace, logger: logging.Logger) -> int:
+    """A fine-tuning program's main: start the engine, run, and turn a user's error into one
+    logged line and exit status 1; the chief logs the summary. Returns the exit status."""
+    engine = start_engine(args.engine)
+    try:
+        summary = run(args, engine)
+    except (FileNotFoundError, ValueError) as error:
+        logger.error("%s", error)
+        return 1
+    if summary is not None and engine.is_chief:
+        logger.info("Done: %s", json.dumps(summary))
+    return 0
+
+
 def gradient_averaging(engine: distributed.SingleProcess,
                        fp16_compression: bool) -> Callable[[list[tf.Tensor]], list[tf.Tensor]] | None:
     """The Trainer's `reduce_gradients`: the mean over processes (None for one process)."""
@@ -91,10 +107,23 @@ def gradient_averaging(engine: distributed.SingleProcess,
     return lambda gradients: engine.all_reduce_mean(gradients, fp16_compression)
 
 
+def make_trainer(args: argparse.Namespace, loss_fn: Callable[..., dict[str, tf.Tensor]], variables: list,
+                 optimizer: Any, engine: distributed.SingleProcess | None = None) -> optimization.Trainer:
+    """The training step of `loss_fn(batch, seed, first_row)` over `variables`, as the precision,
+    speed and engine flags ask (--gradient_accumulation_steps, --seed, --xla, --amp, --amp_dtype,
+    --fp16_compression); `optimizer` must be built for `variables`."""
+    engine = engine or distributed.SingleProcess()
+    return optimization.Trainer(
+        loss_fn, variables, optimizer, accumulation_steps=args.gradient_accumulation_steps, seed=args.seed,
+        jit_compile=args.xla, loss_scale=make_loss_scale(args), rank=engine.rank, world_size=engine.size,
+        reduce_gradients=gradient_averaging(engine, args.fp16_compression))
+
+
 # ----------------------------------------------------------------------------- logs, signals, files
 
-class MetricsLog:
-    """Human-readable lines, a JSON-lines file and TensorBoard summaries, one entry per log step."""
+class MetricsLog(training.LoopHook):
+    """Human-readable lines, a JSON-lines file and TensorBoard summaries, one entry per log step
+    (given to the training loop, it writes each log line)."""
 
     def __init__(self, log_dir: str, json_summary: str):
         os.makedirs(log_dir, exist_ok=True)
@@ -110,6 +139,9 @@ class MetricsLog:
             for name, value in values.items():
                 tf.summary.scalar(name, value)
         logger.info("step %d | %s", step, " | ".join(f"{k} {v:.4g}" for k, v in values.items()))
+
+    def on_log(self, step: int, values: dict[str, float]) -> None:
+        self.write(step, values)
 
     def close(self) -> None:
         self.json_file.close()

@@ -1,7 +1,8 @@
-"""SQuAD v1.1 / v2.0 for ELECTRA fine-tuning (SPEC section 7), in NumPy only.
+"""SQuAD v1.1 / v2.0 for ELECTRA fine-tuning (docs/recipe.md, SQuAD fine-tuning), in NumPy only.
 
 Four steps, each usable alone:
-- reading: `read_squad_file` checks the JSON schema (one clear error naming the file and the
+- reading: `read_squad_file` checks the JSON (nesting bounded before parsing, see `json_input`),
+  the schema and that every string is valid Unicode (one clear error naming the file and the
   entry) and returns `SquadExample`s; answers whose `answer_start` does not point at their text
   and empty contexts are counted and reported, not fatal.
 - featurization: `featurize_examples` lays out `[CLS] question [SEP] context-window [SEP]`
@@ -24,7 +25,7 @@ Conventions:
   is the minimum over its windows (as Google ELECTRA and NVIDIA do: one window that sees the
   answer is enough), `null_odds = score_null` for the joint head and `score_null - best span
   score` for the plain head (BERT), and the prediction is "" when null_odds > threshold
-  (SPEC default -5.6). NVIDIA's run_inference.py compares the other way round; that is a defect.
+  (default -5.6). NVIDIA's run_inference.py compares the other way round; that is a defect.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Protocol
 
 import numpy as np
+
+from json_input import JsonInputError, parse_json_bytes
+from safe_io import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class TokenizerLike(Protocol):
 
 # ============================================================================= reading
 
-class SquadFormatError(ValueError):
+class SquadFormatError(UserError):
     """A SQuAD file that is not valid JSON or does not follow the SQuAD schema."""
 
 
@@ -128,6 +132,24 @@ def answer_matches_context(context: str, answer: Answer) -> bool:
     return 0 <= answer.start and context[answer.start:answer.end] == answer.text
 
 
+def lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate in `text`, or None. No tokenizer or UTF-8 file
+    takes one; a JSON escape like "\\ud800" without its pair gives one, and so does a byte that
+    is not UTF-8 in a command-line argument (Python's surrogateescape: byte 0xff is U+DCFF)."""
+    match = _SURROGATE.search(text)
+    return None if match is None else match.start()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def is_empty_after_normalisation(tokenizer: TokenizerLike, text: str) -> bool:
+    """Whether nothing of `text` is left once the tokenizer has normalised it (whitespace,
+    control and zero-width characters go, and accents when uncased): the one definition of an
+    empty question or context. Featurization skips contexts that are empty in this sense."""
+    return not tokenizer.encode_batch_ids([text])[0]
+
+
 def read_squad_file(path: str | os.PathLike) -> SquadData:
     """Read and check a SQuAD v1.1 / v2.0 JSON file."""
     return parse_squad_json(_read_bytes(path), str(path))
@@ -164,14 +186,9 @@ def parse_squad_json(raw: bytes, source: str) -> SquadData:
 
 def _decode_json(raw: bytes, source: str) -> Any:
     try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise SquadFormatError(f"{source}: not UTF-8 text ({error})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SquadFormatError(f"{source}: malformed JSON at line {error.lineno} column "
-                               f"{error.colno}: {error.msg}") from None
+        return parse_json_bytes(raw)
+    except JsonInputError as error:
+        raise SquadFormatError(f"{source}: {error}") from None
 
 
 def _read_paragraph(schema: _Schema, paragraph: Any, where: str, title: str, stats: ReadStats,
@@ -259,6 +276,12 @@ class _Schema:
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise SquadFormatError(f"{self.source}: {where}: \"{key}\" should be "
                                    f"{_JSON_TYPE_NAMES[expected]}, got {_json_type(value)}")
+        position = lone_surrogate(value) if expected is str else None
+        if position is not None:
+            raise SquadFormatError(
+                f"{self.source}: {where}: \"{key}\" holds the lone surrogate \\u{ord(value[position]):04x} at "
+                f"character {position}: not valid Unicode (in JSON, an escape \\ud800-\\udbff must be followed "
+                "by one of \\udc00-\\udfff)")
         return value
 
 
@@ -277,7 +300,7 @@ def _json_type(value: Any) -> str:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Lengths in WordPiece tokens (SPEC section 7 defaults)."""
+    """Lengths in WordPiece tokens (the recipe's defaults, docs/recipe.md)."""
 
     max_seq_length: int = 384
     doc_stride: int = 128
@@ -368,7 +391,7 @@ def featurize_examples(examples: Sequence[SquadExample], tokenizer: TokenizerLik
     questions = tokenizer.encode_batch_ids([e.question for e in examples])
     for example_index, (example, query) in enumerate(zip(examples, questions)):
         context_ids, offsets = contexts.get(example.context)
-        if len(context_ids) == 0:
+        if len(context_ids) == 0:  # as is_empty_after_normalisation
             _count_skip(stats, "empty context")
             continue
         answer_span = _first_answer_token_span(example, offsets)
@@ -410,14 +433,19 @@ def doc_windows(num_tokens: int, max_tokens_per_window: int, doc_stride: int) ->
 
 def max_context_windows(windows: Sequence[tuple[int, int]], num_tokens: int) -> np.ndarray:
     """For each context token, the window where it has the most context: BERT's score
-    min(tokens left, tokens right) + 0.01 x window length, the first window winning ties."""
-    positions = np.arange(num_tokens)
-    scores = np.full((len(windows), num_tokens), -np.inf)
+    min(tokens left, tokens right) + 0.01 x window length, the first window winning ties.
+
+    Each window only scores its own tokens, so time and memory grow with the total length of
+    the windows (the context length x max_seq_length / doc_stride), not windows x tokens."""
+    best_window = np.zeros(num_tokens, dtype=np.int64)
+    best_score = np.full(num_tokens, -np.inf)
     for index, (start, length) in enumerate(windows):
-        inside = positions[start:start + length]
-        scores[index, start:start + length] = (np.minimum(inside - start, start + length - 1 - inside)
-                                               + 0.01 * length)
-    return scores.argmax(axis=0)
+        inside = np.arange(start, start + length)
+        score = np.minimum(inside - start, start + length - 1 - inside) + 0.01 * length
+        better = score > best_score[start:start + length]  # strictly: an earlier window keeps a tie
+        best_score[start:start + length][better] = score[better]
+        best_window[start:start + length][better] = index
+    return best_window
 
 
 def char_span_to_token_span(offsets: np.ndarray, start_char: int, end_char: int) -> tuple[int, int] | None:
@@ -431,6 +459,14 @@ def char_span_to_token_span(offsets: np.ndarray, start_char: int, end_char: int)
     if overlapping.size == 0:
         return None
     return int(overlapping[0]), int(overlapping[-1])
+
+
+def check_beam_fits(beam_size: int, max_seq_length: int) -> None:
+    """The joint head's beam takes `beam_size` of a window's positions, so it cannot be wider
+    than the window."""
+    if beam_size > max_seq_length:
+        raise ValueError(f"beam_size {beam_size} exceeds max_seq_length {max_seq_length}: the joint head picks "
+                         f"its beam among the positions of a window; use a beam of at most {max_seq_length}")
 
 
 def _first_answer_token_span(example: SquadExample, offsets: np.ndarray) -> tuple[int, int] | str | None:
@@ -471,11 +507,22 @@ class _ContextTokens:
 
     def get(self, context: str) -> tuple[np.ndarray, np.ndarray]:
         if self._last is None or self._last[0] != context:
-            encoding = self._tokenizer.encode(context, add_special_tokens=False)
-            offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
-            _extend_over_combining_marks(context, offsets)
-            self._last = (context, (np.asarray(encoding.input_ids, dtype=np.int32), offsets))
+            self._last = (context, context_tokens(self._tokenizer, context))
         return self._last[1]
+
+
+def context_tokens(tokenizer: TokenizerLike, context: str) -> tuple[np.ndarray, np.ndarray]:
+    """The WordPiece ids of a context and each token's (start, end) character span in it, the
+    end stretched over the combining marks that follow (what answers are cut out by)."""
+    encoding = tokenizer.encode(context, add_special_tokens=False)
+    offsets = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
+    _extend_over_combining_marks(context, offsets)
+    return np.asarray(encoding.input_ids, dtype=np.int32), offsets
+
+
+def is_combining_mark(char: str) -> bool:
+    """Unicode category Mn: an accent written as a character of its own."""
+    return unicodedata.category(char) == "Mn"
 
 
 def _extend_over_combining_marks(text: str, offsets: np.ndarray) -> None:
@@ -489,7 +536,7 @@ def _extend_over_combining_marks(text: str, offsets: np.ndarray) -> None:
         return
     for row in range(len(offsets)):
         end = int(offsets[row, 1])
-        while end < len(text) and unicodedata.category(text[end]) == "Mn":
+        while end < len(text) and is_combining_mark(text[end]):
             end += 1
         offsets[row, 1] = end
 
@@ -646,7 +693,7 @@ def _sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    """Answer decoding settings (SPEC section 7 defaults)."""
+    """Answer decoding settings (the recipe's defaults, docs/recipe.md)."""
 
     n_best_size: int = 20
     max_answer_length: int = 30

@@ -8,6 +8,7 @@ punctuation, accented Latin letters when uncased) takes a faster path with the s
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 import unicodedata
@@ -15,13 +16,17 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from tokenizers import Tokenizer
+from tokenizers import PreTokenizedString, Tokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+
+from safe_io import UserError
 
 if TYPE_CHECKING:
     import numpy as np
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# BERT's WordPiece: a longer word (in characters after normalisation) is one [UNK].
+MAX_INPUT_CHARS_PER_WORD = 100
 # Entries of each of the fast path's two caches (chunks and words): about 30 MB each at most.
 CACHE_SIZE = 1 << 17
 
@@ -60,16 +65,23 @@ def load_vocab(vocab_file: str) -> dict[str, int]:
     if not os.path.isfile(vocab_file):
         raise FileNotFoundError(f"vocab file not found: {vocab_file} (expected a BERT-style "
                                 "vocab.txt with one WordPiece token per line)")
+    with open(vocab_file, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_number = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"vocab file {vocab_file}: line {line_number} is not UTF-8 ({error.reason} at "
+                        f"byte {error.start}); save it as UTF-8 text") from None
     vocab: dict[str, int] = {}
-    with open(vocab_file, encoding="utf-8") as f:
-        for index, line in enumerate(f):
-            token = line.rstrip("\n")
-            if token and token not in vocab:
-                vocab[token] = index
+    for index, line in enumerate(io.StringIO(text, newline=None)):  # universal newlines, as open()
+        token = line.rstrip("\n")
+        if token and token not in vocab:
+            vocab[token] = index
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
-        raise ValueError(f"vocab file {vocab_file} lacks the special tokens {missing}; "
-                         "expected a BERT WordPiece vocab.txt")
+        raise UserError(f"vocab file {vocab_file} lacks the special tokens {missing}; "
+                        "expected a BERT WordPiece vocab.txt")
     return vocab
 
 
@@ -101,13 +113,11 @@ class WordPieceTokenizer:
         punctuation categories (P*) in _PUNCTUATION_BLOCKS that the Rust pipeline itself keeps
         as they are and makes words of their own, and that the fast path's lower-casing and
         NFD keep too. About 2 ms."""
-        normalizer, pre_tokenizer = self._tokenizer.normalizer, self._tokenizer.pre_tokenizer
         punctuation = []
         for char in (chr(code) for start, end in _PUNCTUATION_BLOCKS for code in range(start, end)
                      if unicodedata.category(chr(code)).startswith("P")):
             text = f"a{char}b"
-            rust_words = [word for word, _ in
-                          pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))]
+            rust_words = [word for word, _ in self.pre_tokenize(text)]
             fast_form = unicodedata.normalize("NFD", text).lower() if self.do_lower_case else text
             if rust_words == ["a", char, "b"] and fast_form == text:
                 punctuation.append(char)
@@ -135,7 +145,8 @@ class WordPieceTokenizer:
 
     @staticmethod
     def _build(vocab: dict[str, int], do_lower_case: bool) -> Tokenizer:
-        tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]",
+                                               max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD))
         tokenizer.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=do_lower_case,
             lowercase=do_lower_case)
@@ -144,6 +155,16 @@ class WordPieceTokenizer:
             ("[SEP]", vocab["[SEP]"]), ("[CLS]", vocab["[CLS]"]))
         tokenizer.decoder = decoders.WordPiece(prefix="##")
         return tokenizer
+
+    def pre_tokenize(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """The words WordPiece gets from `text`: cleaned, lower-cased and without accents when
+        uncased, CJK characters and punctuation split off; each with its (start, end)
+        character span in `text`."""
+        pretokenized = PreTokenizedString(text)
+        pretokenized.normalize(self._tokenizer.normalizer.normalize)
+        self._tokenizer.pre_tokenizer.pre_tokenize(pretokenized)
+        return [(word, span) for word, span, _ in
+                pretokenized.get_splits(offset_referential="original", offset_type="char")]
 
     def tokenize(self, text: str) -> list[str]:
         """WordPiece tokens of `text`, without special tokens."""

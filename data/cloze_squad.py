@@ -7,7 +7,10 @@ question is also asked about a passage that names no one, where it has no answer
 
 The quick start (scripts/quickstart.sh) and the tests fine-tune on such a set from five Austen
 novels and evaluate on one held out (Persuasion). Writes <output-dir>/train-v<version>.json and
-dev-v<version>.json, the names run_tf_squad.py's --data_dir expects.
+dev-v<version>.json, the names run_tf_squad.py's --data_dir expects, and baselines-v<version>.json:
+the dev scores of answers that need no reading model (the passage's first name, its first name
+that is not in the question, the training set's most frequent answer whatever the question), the
+floor a fine-tuned model has to clear.
 """
 from __future__ import annotations
 
@@ -16,14 +19,27 @@ import json
 import logging
 import re
 import sys
+from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository's library modules (squad_utils)
+import squad_utils  # noqa: E402
+
 logger = logging.getLogger("cloze_squad")
+SAMPLE_CORPUS_DIR = Path(__file__).resolve().parent / "sample_corpus" / "austen"
 
 NAME_SPAN = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*")  # capitalised words inside a sentence
+# Lower-case words of 7 letters or more inside a sentence, but not the frequent function-like
+# ones a reader could fill in from the question's words alone.
+LONG_WORD = re.compile(r"(?<=[a-z,;] )(?!(?:himself|herself|themselves|without|something|nothing|another|because"
+                       r"|through|whatever|however|perhaps|against|between|already)\b)[a-z]{7,}\b")
+# What a question blanks: names (a reader's shortcut is to learn which words are names, which
+# does not carry over to a held-out book's characters) or long content words (too many to
+# memorise, so the question's words around the blank have to be found in the passage).
+BLANKS = {"names": NAME_SPAN, "words": LONG_WORD}
 SENTENCE = re.compile(r"[^.!?]+[.!?]+")
 PASSAGE_CHARS = 320
 WORDS_AROUND_BLANK = 5
@@ -43,12 +59,12 @@ def passages(book: Path) -> Iterator[str]:
             yield passage
 
 
-def cloze_questions(passage: str) -> list[tuple[str, str, int]]:
-    """(question, answer, answer_start) for each name in the passage: the question is the words
-    around the name with the name blanked, the answer the name."""
+def cloze_questions(passage: str, blank: re.Pattern = NAME_SPAN) -> list[tuple[str, str, int]]:
+    """(question, answer, answer_start) for each name (each match of `blank`) in the passage: the
+    question is the words around the name with the name blanked, the answer the name."""
     questions = []
     for sentence in SENTENCE.finditer(passage):
-        for name in NAME_SPAN.finditer(sentence.group(0)):
+        for name in blank.finditer(sentence.group(0)):
             start = sentence.start() + name.start()
             before = passage[sentence.start():start].split()[-WORDS_AROUND_BLANK:]
             after = passage[start + len(name.group(0)):sentence.end()].split()[:WORDS_AROUND_BLANK]
@@ -57,14 +73,15 @@ def cloze_questions(passage: str) -> list[tuple[str, str, int]]:
     return questions
 
 
-def candidate_passages(books: Sequence[Path]) -> tuple[list[tuple[str, list]], list[str]]:
-    """Passages naming two or more people (with their questions), and long passages naming no one."""
+def candidate_passages(books: Sequence[Path], blank: re.Pattern = NAME_SPAN) -> tuple[list[tuple[str, list]], list[str]]:
+    """Passages naming two or more people (with their questions on `blank`), and long passages
+    naming no one."""
     named, nameless = [], []
     for book in books:
         for passage in passages(book):
             if len(passage) > PASSAGE_CHARS:
                 continue
-            questions = cloze_questions(passage)
+            questions = cloze_questions(passage, blank)
             if questions and len(set(NAME_SPAN.findall(passage))) >= 2:
                 named.append((passage, questions))
             elif not NAME_SPAN.search(passage) and len(passage) > PASSAGE_CHARS // 2:
@@ -72,11 +89,12 @@ def candidate_passages(books: Sequence[Path]) -> tuple[list[tuple[str, list]], l
     return named, nameless
 
 
-def squad_document(books: Sequence[Path], seed: int, version_2: bool, num_questions: int) -> dict:
+def squad_document(books: Sequence[Path], seed: int, version_2: bool, num_questions: int,
+                   blank: re.Pattern = NAME_SPAN) -> dict:
     """One cloze question on each of `num_questions` passages (fewer if the books have fewer), as
     a SQuAD JSON document; with `version_2`, each also asked about a nameless passage."""
     rng = np.random.default_rng(seed)
-    named, nameless = candidate_passages(books)
+    named, nameless = candidate_passages(books, blank)
     if not named or (version_2 and not nameless):
         raise ValueError(f"no passage of {', '.join(map(str, books))} gives a cloze question")
     paragraphs = []
@@ -91,6 +109,51 @@ def squad_document(books: Sequence[Path], seed: int, version_2: bool, num_questi
     return {"version": "2.0" if version_2 else "1.1", "data": [{"title": "cloze", "paragraphs": paragraphs}]}
 
 
+def questions_of(document: dict) -> Iterator[tuple[str, str, str, list[str]]]:
+    """(id, context, question, gold answer texts) of every question of a SQuAD document."""
+    for paragraph in document["data"][0]["paragraphs"]:
+        for qa in paragraph["qas"]:
+            yield qa["id"], paragraph["context"], qa["question"], [a["text"] for a in qa["answers"]]
+
+
+def first_name(context: str, question: str, blank: re.Pattern = NAME_SPAN) -> str:
+    """The passage's first name (match of `blank`) inside a sentence ("" if it names no one)."""
+    match = blank.search(context)
+    return match.group(0) if match else ""
+
+
+def first_name_not_in_question(context: str, question: str, blank: re.Pattern = NAME_SPAN) -> str:
+    """The passage's first name (match of `blank`) that the question does not contain (else its
+    first name)."""
+    names = blank.findall(context)
+    return next((name for name in names if name not in question), names[0] if names else "")
+
+
+def baseline_scores(train: dict, dev: dict, version_2: bool, blank: str = "names") -> dict[str, dict[str, float]]:
+    """{baseline: {"exact_match", "f1"}} on `dev` for answers that need no reading model: two
+    that pick a possible answer (a name, or a long word with `blank` "words") of the passage
+    without reading the question's words around the blank, and one that reads nothing (the most
+    frequent training answer), which shows how far the question alone gives the answer away."""
+    prior = Counter(answers[0] for _, _, _, answers in questions_of(train) if answers).most_common(1)[0][0]
+    pattern, noun = BLANKS[blank], {"names": "name", "words": "long word"}[blank]
+    rules: dict[str, Callable[[str, str], str]] = {
+        f"first {noun} in the passage": lambda context, question: first_name(context, question, pattern),
+        f"first {noun} in the passage not in the question":
+            lambda context, question: first_name_not_in_question(context, question, pattern),
+        "most frequent training answer": lambda context, question: prior,
+    }
+    gold = {qid: answers for qid, _, _, answers in questions_of(dev)}
+    scores = {}
+    for name, rule in rules.items():
+        predictions = {qid: rule(context, question) for qid, context, question, _ in questions_of(dev)}
+        if version_2:
+            result = squad_utils.evaluate_v2(gold, predictions)
+            scores[name] = {"exact_match": result["exact"], "f1": result["f1"]}
+        else:
+            scores[name] = squad_utils.evaluate_v1(gold, predictions)
+    return scores
+
+
 def book_paths(corpus_dir: Path, names: str) -> list[Path]:
     """The .txt books of `corpus_dir` named in the comma-separated `names` (file stems)."""
     paths = [corpus_dir / f"{name.strip()}.txt" for name in names.split(",") if name.strip()]
@@ -102,25 +165,32 @@ def book_paths(corpus_dir: Path, names: str) -> list[Path]:
 
 
 def write_question_sets(args: argparse.Namespace) -> dict[str, int]:
-    """Write train and dev files; returns the number of questions in each."""
+    """Write train and dev files and the dev baselines; returns the number of questions in each."""
     corpus_dir = Path(args.corpus_dir)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    counts = {}
+    counts, documents = {}, {}
     for split, books, count, seed in (("train", args.train_books, args.num_train_questions, args.seed),
                                       ("dev", args.dev_books, args.num_dev_questions, args.seed + 1)):
-        document = squad_document(book_paths(corpus_dir, books), seed, args.version == "2.0", count)
+        document = squad_document(book_paths(corpus_dir, books), seed, args.version == "2.0", count,
+                                  BLANKS[args.blank])
         path = output_dir / f"{split}-v{args.version}.json"
         path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
         counts[split] = sum(len(p["qas"]) for p in document["data"][0]["paragraphs"])
+        documents[split] = document
         logger.info("Wrote %s: %d questions", path, counts[split])
+    baselines = baseline_scores(documents["train"], documents["dev"], args.version == "2.0", args.blank)
+    path = output_dir / f"baselines-v{args.version}.json"
+    path.write_text(json.dumps(baselines, indent=1), encoding="utf-8")
+    for name, score in baselines.items():
+        logger.info("Dev baseline, %s: EM %.1f, F1 %.1f", name, score["exact_match"], score["f1"])
     return counts
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--corpus-dir", default=str(Path(__file__).resolve().parent / "sample_corpus" / "austen"),
-                        help="folder of UTF-8 .txt books")
+    parser.add_argument("--corpus-dir", default=None,
+                        help="folder of UTF-8 .txt books (when not given: this repository's data/sample_corpus/austen)")
     parser.add_argument("--train-books", default="emma,mansfieldpark,northangerabbey,prideprejudice,sensesensibility",
                         help="comma-separated file stems of the books to cut training questions from")
     parser.add_argument("--dev-books", default="persuasion",
@@ -131,12 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-train-questions", type=int, default=2500, help="answerable training questions")
     parser.add_argument("--num-dev-questions", type=int, default=400, help="answerable dev questions")
     parser.add_argument("--seed", type=int, default=0, help="seed of the passage and question choice")
+    parser.add_argument("--blank", choices=sorted(BLANKS), default="names",
+                        help="what a question blanks: a name, or a lower-case word of 7 letters or more")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    args.corpus_dir = args.corpus_dir or str(SAMPLE_CORPUS_DIR)
     try:
         write_question_sets(args)
     except (FileNotFoundError, ValueError) as error:

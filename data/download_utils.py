@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import requests
 from tqdm import tqdm
@@ -103,6 +103,20 @@ def check_url_scheme(url: str, allow_http: bool) -> None:
     raise DownloadError(f"refusing to download {url}: only https:// URLs are allowed")
 
 
+def refuse_https_downgrade(response: requests.Response, *args, **kwargs) -> None:
+    """Response hook: refuse a redirect that leaves HTTPS, before it is followed (requests
+    follows https -> http redirects, which would let anyone on the path alter the download).
+    Requests runs a request's hooks on every response of its redirect chain."""
+    if response.is_redirect and urlparse(response.url).scheme == "https":
+        target = urljoin(response.url, response.headers["location"])
+        if urlparse(target).scheme != "https":
+            raise DownloadError(f"refusing the redirect from {response.url} to {target}: it "
+                                "leaves HTTPS; download from an HTTPS mirror instead")
+
+
+HTTPS_ONLY = {"response": [refuse_https_downgrade]}
+
+
 def with_retries(action: Callable[[], T], url: str, retry: RetryPolicy) -> T:
     """Run `action` until it succeeds, sleeping with exponential back-off after each
     transient failure; give up with DownloadError after `retry.max_attempts` tries."""
@@ -122,7 +136,7 @@ def fetch_text(url: str, retry: RetryPolicy = RetryPolicy(), allow_http: bool = 
     session = session or requests.Session()
 
     def get() -> str:
-        response = session.get(url, timeout=retry.timeout_seconds)
+        response = session.get(url, timeout=retry.timeout_seconds, hooks=HTTPS_ONLY)
         raise_for_status(response, url)
         return response.text
 
@@ -172,7 +186,8 @@ def transfer_once(session: requests.Session, url: str, part: Path, retry: RetryP
     the Range. Returns when the whole resource is in `part`; raises otherwise."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
-    with session.get(url, headers=headers, stream=True, timeout=retry.timeout_seconds) as response:
+    with session.get(url, headers=headers, stream=True, timeout=retry.timeout_seconds,
+                     hooks=HTTPS_ONLY) as response:
         if response.status_code == 416 and offset:
             if expected_total_size(response, offset) == offset:
                 return  # the previous run received everything but stopped before renaming

@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from safe_io import staged_file
+
 logger = logging.getLogger(__name__)
 
 PARAGRAPH_SEPARATOR = "\t"
@@ -147,11 +149,10 @@ def text_file_articles(files: Iterable[Path], boundary: str) -> Iterator[str]:
 
 
 def write_articles(articles: Iterable[str], output_file: str | Path) -> int:
-    """Write one formatted article per line; returns how many were written."""
-    output_file = Path(output_file)
-    output_file.parent.mkdir(parents=True, exist_ok=True)
+    """Write one formatted article per line; returns how many were written. The file replaces
+    an earlier one only once complete (a bad input file met midway leaves the old one)."""
     count = 0
-    with open(output_file, "w", encoding="utf-8") as out:
+    with staged_file(output_file) as staging, open(staging, "w", encoding="utf-8") as out:
         for article in articles:
             out.write(article + "\n")
             count += 1

@@ -7,8 +7,12 @@
 # CPU time and memory are measured.
 # Usage: bash scripts/benchmark_data.sh [--work-dir DIR] [--num-out-files N] [--large-copies K]
 #                                        [--repeats R] [--pure-python-large]
+# Example: bash scripts/benchmark_data.sh --repeats 3
+# The flags are scripts/benchmark_data.py's, listed with their defaults in docs/flags.md.
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo_dir/scripts/lib/args.sh"
+electra_help_if_asked "$@"
 # --test: the pure-Python tokenizer comes from transformers, a test requirement.
 source "$repo_dir/scripts/setup_env.sh" --test
 exec python "$repo_dir/scripts/benchmark_data.py" "$@"

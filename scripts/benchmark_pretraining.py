@@ -108,17 +108,30 @@ def random_batches(batch_size: int, seq_length: int, count: int, seed: int = 0) 
 
 # ----------------------------------------------------------------------------- this recipe
 
+
+def pretraining_settings(flags: list[str]) -> argparse.Namespace:
+    """run_pretraining.py's model, optimizer, precision and engine settings: its defaults, then `flags`."""
+    import pretraining
+    import run_utils
+
+    parser = argparse.ArgumentParser()
+    pretraining.add_model_flags(parser)
+    pretraining.add_optimizer_flags(parser)
+    run_utils.add_precision_flags(parser, xla_help="XLA-compile the training step")
+    run_utils.add_engine_flags(parser)
+    return parser.parse_args(flags)
+
+
 def recipe_step(args: argparse.Namespace, config: Config, batches: list) -> Callable[[int], None]:
     """run_pretraining's own Trainer step (LAMB, the recipe's defaults)."""
-    import run_pretraining
+    import pretraining
 
-    flags = ["--model_size", args.model_size, "--pretrain_tfrecords", "unused", "--train_batch_size",
-             str(args.batch_size), "--max_seq_length", str(args.max_seq_length), "--num_train_steps", "1000",
-             "--num_warmup_steps", "10", "--xla" if config.xla else "--no-xla"]
+    flags = ["--model_size", args.model_size, "--max_seq_length", str(args.max_seq_length), "--num_train_steps",
+             "1000", "--num_warmup_steps", "10", "--xla" if config.xla else "--no-xla"]
     if config.precision != "fp32":
         flags += ["--amp", "--amp_dtype", "bfloat16" if config.precision == "bf16" else "float16"]
-    run_args = run_pretraining.parse_args(flags)
-    trainer = run_pretraining.build_trainer(run_args, run_pretraining.build_model(run_args))
+    run_args = pretraining_settings(flags)
+    trainer = pretraining.build_trainer(run_args, pretraining.build_model(run_args))
 
     def step(i: int) -> None:
         _, update = trainer.step(iter([batches[i % len(batches)]]), i)

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 
@@ -29,9 +30,10 @@ sys.path.insert(0, str(REPO))
 
 import squad_utils  # noqa: E402
 from configuration import ElectraConfig  # noqa: E402
+from finetuning import inference_speed, padded_rows  # noqa: E402
 from model_folder import save_model_folder  # noqa: E402
 from modeling import ElectraDiscriminator  # noqa: E402
-from run_tf_squad import inference_speed, padded_rows  # noqa: E402
+from squad_finetuning import PREDICT_FIELDS  # noqa: E402
 from tokenization import WordPieceTokenizer  # noqa: E402
 
 SAMPLE_BOOK = REPO / "data" / "sample_corpus" / "austen" / "emma.txt"
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="pass --amp to run_tf_squad.py")
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
                         help="pass --xla to run_tf_squad.py")
+    add_serving_flags(parser)
     return parser
 
 
@@ -104,8 +107,9 @@ def torch_inference(args: argparse.Namespace, work: Path, fine_tuned: Path) -> d
     model = transformers.ElectraForQuestionAnswering.from_pretrained(fine_tuned).eval()
     seconds = []
     with torch.inference_mode():
+        inputs = {name: getattr(features, name) for name in PREDICT_FIELDS}
         for start in range(0, len(features), args.predict_batch_size):
-            batch = padded_rows(features, start, args.predict_batch_size)
+            batch = padded_rows(inputs, start, args.predict_batch_size)
             began = time.perf_counter()
             model(input_ids=torch.from_numpy(batch["input_ids"]).long(),
                   attention_mask=torch.from_numpy(batch["input_mask"]).long(),
@@ -125,6 +129,7 @@ def main() -> None:
         save_model_folder(ElectraDiscriminator(config), str(work / "base_width_discriminator"))
         ours = run_tf_squad(args, work, work / "base_width_discriminator")
         theirs = torch_inference(args, work, work / "squad_output" / "model")
+        serving = serving_benchmark(args, work, work / "squad_output" / "model")
     print(f"\nbase-width ELECTRA, {args.num_hidden_layers} layers, sequence length {args.max_seq_length}, CPU")
     print(f"run_tf_squad.py training:  {ours['training_sequences_per_second']:.2f} sequences/s "
           f"(batch {args.train_batch_size}, {'amp' if args.amp else 'fp32'}{', XLA' if args.xla else ''})")
@@ -134,6 +139,127 @@ def main() -> None:
     ratio = ours["inference_sequences_per_second"] / theirs["inference_sequences_per_second"]
     print(f"inference speed ratio (ours / transformers): {ratio:.2f}x (target >= 1.0x); "
           f"torch threads {theirs['torch_threads']}")
+    print_serving_benchmark(args, serving)
+
+
+# ============================================================================= serving: SavedModel vs run_inference.py
+# vs transformers (question answering from raw text, tokenization and decoding included)
+
+def add_serving_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("serving (export_saved_model.py's SavedModel)")
+    group.add_argument("--serving_questions", type=int, default=16,
+                       help="questions answered one at a time for the batch-1 latency (the first left out)")
+    group.add_argument("--serving_batch_size", type=int, default=32,
+                       help="questions per call for the throughput at a large batch")
+    group.add_argument("--run_inference_questions", type=int, default=3,
+                       help="questions answered by run_inference.py, one process each")
+
+
+def questions_of(path: Path) -> list[tuple[str, str]]:
+    return [(e.question, e.context) for e in squad_utils.read_squad_file(path).examples]
+
+
+def timed_calls(answer, batches: list[list[tuple[str, str]]]) -> list[float]:
+    """Seconds of each call of `answer` (questions -> answers), one call per batch."""
+    seconds = []
+    for batch in batches:
+        began = time.perf_counter()
+        answer(batch)
+        seconds.append(time.perf_counter() - began)
+    return seconds
+
+
+def speed_summary(batches: list[list[tuple[str, str]]], seconds: list[float]) -> dict:
+    """Median latency of the calls and questions per second, the first call (tracing,
+    warm-up) left out."""
+    timed = seconds[1:] if len(seconds) > 1 else seconds
+    questions = sum(len(b) for b in batches[len(batches) - len(timed):])
+    return {"latency_ms_p50": 1000.0 * float(np.median(timed)), "questions_per_second": questions / sum(timed)}
+
+
+def saved_model_answerer(saved_model: Path):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the SavedModel's tokenizer ops)
+
+    signature = tf.saved_model.load(str(saved_model)).signatures["serving_default"]
+    return lambda batch: signature(question=tf.constant([q for q, _ in batch]),
+                                   context=tf.constant([c for _, c in batch]))["answer"].numpy()
+
+
+def transformers_answerer(folder: Path, max_seq_length: int):
+    """What transformers' question-answering pipeline did (transformers 5 has none): the fast
+    tokenizer's overflowing windows (overlapping by doc_stride tokens, as the pipeline's
+    default), ElectraForQuestionAnswering, and the best start <= end pair of context tokens, at
+    most max_answer_length apart, over all windows of a question."""
+    tokenizer = transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    model = transformers.ElectraForQuestionAnswering.from_pretrained(folder).eval()
+    defaults = squad_utils.FeatureConfig(max_seq_length=max_seq_length)
+
+    def answer(batch: list[tuple[str, str]]) -> list[str]:
+        encoded = tokenizer([q for q, _ in batch], [c for _, c in batch], truncation="only_second",
+                            max_length=max_seq_length, stride=defaults.doc_stride,
+                            return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length",
+                            return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
+                           token_type_ids=encoded["token_type_ids"])
+        best: dict[int, tuple[float, str]] = {}
+        for window, question in enumerate(encoded["overflow_to_sample_mapping"].tolist()):
+            context = batch[question][1]
+            is_context = torch.tensor([s == 1 for s in encoded.sequence_ids(window)])
+            start = logits.start_logits[window].masked_fill(~is_context, -1e4).log_softmax(-1)
+            end = logits.end_logits[window].masked_fill(~is_context, -1e4).log_softmax(-1)
+            scores = (start[:, None] + end[None, :]).triu().tril(squad_utils.DecodeConfig().max_answer_length - 1)
+            first, last = divmod(int(scores.argmax()), scores.shape[1])
+            offsets = encoded["offset_mapping"][window]
+            candidate = (float(scores[first, last]), context[int(offsets[first][0]):int(offsets[last][1])])
+            if question not in best or candidate[0] > best[question][0]:
+                best[question] = candidate
+        return [best[q][1] for q in range(len(batch))]
+
+    return answer
+
+
+def run_inference_latency(args: argparse.Namespace, fine_tuned: Path, questions: list[tuple[str, str]]) -> dict:
+    """run_inference.py answers one question per process: its latency is a whole run."""
+    seconds = []
+    for question, context in questions[:args.run_inference_questions]:
+        began = time.perf_counter()
+        subprocess.run([sys.executable, str(REPO / "run_inference.py"), "--init_checkpoint", str(fine_tuned),
+                        "--question", question, "--context", context, "--max_seq_length", str(args.max_seq_length)],
+                       check=True, capture_output=True)
+        seconds.append(time.perf_counter() - began)
+    return {"latency_ms_p50": 1000.0 * float(np.median(seconds)), "questions_per_second": len(seconds) / sum(seconds)}
+
+
+def serving_benchmark(args: argparse.Namespace, work: Path, fine_tuned: Path) -> dict[str, dict]:
+    """Batch-1 latency and large-batch throughput of the SavedModel and transformers on the
+    same dev questions; run_inference.py's latency per run."""
+    saved_model = work / "saved_model" / "1"
+    subprocess.run([sys.executable, str(REPO / "export_saved_model.py"), "--init_checkpoint", str(fine_tuned),
+                    "--output_dir", str(saved_model), "--overwrite", "--max_seq_length", str(args.max_seq_length),
+                    "--amp" if args.amp else "--no-amp", "--xla" if args.xla else "--no-xla"],
+                   check=True, capture_output=True)
+    questions = questions_of(work / "dev.json")
+    singles = [[q] for q in questions[:args.serving_questions]]
+    large = [questions[i:i + args.serving_batch_size] for i in range(0, len(questions), args.serving_batch_size)]
+    large = large[:1] + large  # the first call (tracing) is left out of the timing
+    results = {}
+    for name, answerer in (("SavedModel", saved_model_answerer(saved_model)),
+                           ("transformers", transformers_answerer(fine_tuned, args.max_seq_length))):
+        results[name] = {"batch 1": speed_summary(singles, timed_calls(answerer, singles)),
+                         f"batch {args.serving_batch_size}": speed_summary(large, timed_calls(answerer, large))}
+    results["run_inference.py"] = {"batch 1": run_inference_latency(args, fine_tuned, questions)}
+    return results
+
+
+def print_serving_benchmark(args: argparse.Namespace, results: dict[str, dict]) -> None:
+    print(f"\nquestion answering from raw text (about two windows per question), CPU, "
+          f"{'amp' if args.amp else 'fp32'}{', XLA' if args.xla else ''}:")
+    for name, rows in results.items():
+        for batch, numbers in rows.items():
+            print(f"{name:>18} {batch:>9}: latency p50 {numbers['latency_ms_p50']:8.1f} ms, "
+                  f"{numbers['questions_per_second']:7.2f} questions/s")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@
 #   --force       rebuild even if a working Horovod is already installed.
 #   --keep-build  keep the build folder (printed) instead of deleting it.
 #   --verbose     show the compiler output live instead of writing it to a log file.
+# Example: source scripts/setup_env.sh && bash scripts/install_horovod.sh
 # Environment:
 #   PYTHON              interpreter of the target environment (default: `python` on PATH,
 #                       i.e. the activated venv; else python3)
@@ -40,6 +41,8 @@ set -euo pipefail
 HOROVOD_VERSION=0.28.1
 SDIST_SHA256=92a43f5a94c43907a56805bad15f19700c62ffc83b7ca483f9e104e229f67ef0
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$script_dir/lib/args.sh"
+electra_help_if_asked "$@"
 patch_file="$script_dir/horovod-${HOROVOD_VERSION}-tf216.patch"
 
 gpu=0 force=0 keep=0 verbose=0
@@ -49,7 +52,6 @@ for arg in "$@"; do
     --force) force=1 ;;
     --keep-build) keep=1 ;;
     --verbose) verbose=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -4,6 +4,16 @@
 # or tf_distribute (NUM processes with a TF_CONFIG each, workers on 127.0.0.1 from port
 # $ELECTRA_BASE_PORT, default 23456). Sourced by the launchers. One process runs the command
 # directly. Every process gets LOCAL_RANK; if one fails, the others are stopped.
+#
+# Usage: source scripts/launch_processes.sh; launch_processes NUM COMMAND...
+# Example: source scripts/launch_processes.sh && ENGINE=tf_distribute launch_processes 2 python run_pretraining.py ...
+# Run as a program (bash scripts/launch_processes.sh) it only prints this text.
+if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+  source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/args.sh"
+  electra_usage "${BASH_SOURCE[0]}"
+  electra_help_requested "$@"; exit $?  # 0 for --help, 1 otherwise: it does nothing when run
+fi
+
 launch_processes() {
   local num_processes=$1
   shift

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The whole recipe on the shipped sample corpus (five Austen novels; Persuasion held out), in
-# about 10 minutes on 2 CPU cores:
+# about 15 minutes on 2 CPU cores (docs/quickstart.md):
 #
 #   env          virtual environment with the requirements (scripts/setup_env.sh)
-#   data         TFRecords at sequence length 128 (data/create_datasets_from_start.sh)
-#   squad_data   cloze questions in SQuAD v1.1 format (data/cloze_squad.py): train on the five
-#                novels, dev on Persuasion
+#   data         TFRecords at the pretraining sequence length (data/create_datasets_from_start.sh)
+#   squad_data   cloze questions in SQuAD v1.1 format (data/cloze_squad.py), a long word blanked:
+#                train on the five novels, dev on Persuasion; the dev scores of trivial baselines
 #   pretrain     ELECTRA phase 1 (scripts/run_pretraining.sh): ELECTRA-small's width with 4 of
 #                its 12 layers (scripts/configs/quickstart_model.json), a bounded number of steps
 #   postprocess  discriminator/ and generator/ model folders (postprocess_pretrained_ckpt.py)
-#   finetune     SQuAD fine-tuning and evaluation, EM/F1 (scripts/run_squad.sh)
+#   finetune     SQuAD fine-tuning from the pretrained discriminator and evaluation, EM/F1
+#                (scripts/run_squad.sh)
 #   inference    one dev question answered by run_inference.py
+#   finetune_random  the same fine-tuning from random weights of the same shape: what the
+#                pretraining brings is the difference
 #
 # Usage: bash scripts/quickstart.sh [--results DIR] [--stage NAME]... [--reduced]
 #   --results DIR   the results folder (default: results/quickstart)
@@ -20,28 +23,31 @@
 # A re-run skips every finished stage (RESULTS/.done-<stage>) and resumes an interrupted
 # pretraining or fine-tuning from its last checkpoint. Uses the GPU when there is one (float16
 # and XLA), else bfloat16 where the CPU has bfloat16 instructions, else float32.
-# Environment: PRETRAIN_STEPS, FINETUNE_EPOCHS, NUM_TRAIN_QUESTIONS, NUM_DEV_QUESTIONS override
-# the sizes of either mode.
+# Environment: PRETRAIN_STEPS, PRETRAIN_SEQ_LENGTH, FINETUNE_EPOCHS, FINETUNE_LR, CLOZE_BLANK
+# (words | names), NUM_TRAIN_QUESTIONS, NUM_DEV_QUESTIONS override the settings of either mode.
+#
+# Example: bash scripts/quickstart.sh --results results/my_first_run
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-all_stages=(data squad_data pretrain postprocess finetune inference)
+source "$repo_dir/scripts/lib/args.sh"
+source "$repo_dir/scripts/lib/remove_within.sh"
+all_stages=(data squad_data pretrain postprocess finetune inference finetune_random)
 
-usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
-
+electra_help_if_asked "$@"
 results_dir="$repo_dir/results/quickstart"
 stages=()
 reduced=false
 while (( $# )); do
   case "$1" in
+    --results|--stage) [[ -n "${2:-}" && "$2" != -* ]] || electra_die "$1 needs a value (see --help)" ;;&
     --results) results_dir=$2; shift 2 ;;
     --stage)
       if [[ " ${all_stages[*]} " != *" $2 "* ]]; then
-        echo "error: unknown stage '$2' (one of: ${all_stages[*]})" >&2; exit 2
+        electra_die "unknown stage '$2' (one of: ${all_stages[*]})"
       fi
       stages+=("$2"); shift 2 ;;
     --reduced) reduced=true; shift ;;
-    -h|--help) usage; exit 0 ;;
-    *) echo "error: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    *) electra_die "unknown argument '$1' (see --help)" ;;
   esac
 done
 mkdir -p "$results_dir"
@@ -51,15 +57,20 @@ if [[ "$reduced" == true ]]; then
   pretrain_steps=${PRETRAIN_STEPS:-12} log_freq=3 train_questions=${NUM_TRAIN_QUESTIONS:-320}
   dev_questions=${NUM_DEV_QUESTIONS:-40} finetune_epochs=${FINETUNE_EPOCHS:-1} batch_size=16
 else
-  pretrain_steps=${PRETRAIN_STEPS:-150} log_freq=10 train_questions=${NUM_TRAIN_QUESTIONS:-2500}
-  dev_questions=${NUM_DEV_QUESTIONS:-400} finetune_epochs=${FINETUNE_EPOCHS:-2} batch_size=32
+  pretrain_steps=${PRETRAIN_STEPS:-400} log_freq=25 train_questions=${NUM_TRAIN_QUESTIONS:-2500}
+  dev_questions=${NUM_DEV_QUESTIONS:-400} finetune_epochs=${FINETUNE_EPOCHS:-3} batch_size=32
 fi
+# Chosen by measurement (docs/quickstart.md): short sequences make a step cheap, so the budget
+# buys more of them; a gentle fine-tuning keeps what the pretraining learned.
+pretrain_seq_length=${PRETRAIN_SEQ_LENGTH:-64} pretrain_lr=5e-3
+finetune_lr=${FINETUNE_LR:-3e-4} cloze_blank=${CLOZE_BLANK:-words}
 model_config="$repo_dir/scripts/configs/quickstart_model.json"
 novels=(emma mansfieldpark northangerabbey prideprejudice sensesensibility)
-tfrecords="$results_dir/data/tfrecord_lower_case_1_seq_len_128_random_seed_12345/custom"
+tfrecords="$results_dir/data/tfrecord_lower_case_1_seq_len_${pretrain_seq_length}_random_seed_12345/custom"
 pretraining_dir="$results_dir/pretraining"
 model_dir="$results_dir/postprocessed"
 squad_dir="$results_dir/squad"
+random_squad_dir="$results_dir/squad_random"
 squad_flags=(--max_seq_length 128 --doc_stride 64 --max_query_length 32)
 
 log() { echo "[quickstart $(date +%H:%M:%S)] $*"; }
@@ -69,22 +80,22 @@ log() { echo "[quickstart $(date +%H:%M:%S)] $*"; }
 stage_data() {
   mkdir -p "$results_dir/corpus"
   for novel in "${novels[@]}"; do cp "$repo_dir/data/sample_corpus/austen/$novel.txt" "$results_dir/corpus/"; done
-  DATA_DIR="$results_dir/data" SEQ_LENGTHS=128 PYTHON=python \
+  DATA_DIR="$results_dir/data" SEQ_LENGTHS=$pretrain_seq_length PYTHON=python \
     bash "$repo_dir/data/create_datasets_from_start.sh" "$results_dir/corpus"
 }
 
 stage_squad_data() {
   python "$repo_dir/data/cloze_squad.py" --output-dir "$results_dir/squad_data" --version 1.1 \
-    --num-train-questions "$train_questions" --num-dev-questions "$dev_questions"
+    --num-train-questions "$train_questions" --num-dev-questions "$dev_questions" --blank "$cloze_blank"
 }
 
 stage_pretrain() {
   local resume=false
   if compgen -G "$pretraining_dir/phase1/checkpoints/ckpt-*.index" >/dev/null; then resume=true; fi
   # run_pretraining.sh's positional arguments: phase 1 only (PHASES=1), no accumulation.
-  PHASES=1 EXTRA_ARGS="--model_config $model_config --log_freq $log_freq --keep_checkpoint_max 2" \
-    bash "$repo_dir/scripts/run_pretraining.sh" \
-    "$batch_size" 2e-3 "$pretrain_precision" 1 "$xla" $(( pretrain_steps / 10 + 1 )) "$pretrain_steps" 50 \
+  local extra="--model_config $model_config --max_seq_length $pretrain_seq_length --log_freq $log_freq"
+  PHASES=1 EXTRA_ARGS="$extra --keep_checkpoint_max 2" bash "$repo_dir/scripts/run_pretraining.sh" \
+    "$batch_size" "$pretrain_lr" "$pretrain_precision" 1 "$xla" $(( pretrain_steps / 10 + 1 )) "$pretrain_steps" 50 \
     "$resume" lamb false 1 12345 quickstart 8 1e-3 10 10 1 small \
     "$tfrecords/train/pretrain_data*" "$tfrecords/train/pretrain_data*" "$pretraining_dir" None
 }
@@ -94,15 +105,19 @@ stage_postprocess() {
     --output_dir "$model_dir" --vocab_file "$repo_dir/vocab/vocab.txt"
 }
 
-stage_finetune() {
-  # run_squad.sh's positional arguments; the model folder is the starting point (init "None").
+finetune_from() {  # starting point (a model folder, or a config.json: random weights), output folder
+  # run_squad.sh's positional arguments; the starting point is electra_model (init "None").
   local xla_flag=false
   if [[ "$xla" == xla ]]; then xla_flag=true; fi
-  bash "$repo_dir/scripts/run_squad.sh" "$model_dir/discriminator" "$finetune_epochs" "$batch_size" 64 1e-3 \
-    "$finetune_precision" 1 1 1.1 "$results_dir/squad_data" "$squad_dir" None train_eval interactive \
+  bash "$repo_dir/scripts/run_squad.sh" "$1" "$finetune_epochs" "$batch_size" 64 "$finetune_lr" \
+    "$finetune_precision" 1 1 1.1 "$results_dir/squad_data" "$2" None train_eval interactive \
     "$results_dir/squad_data" -1 "$repo_dir/vocab/vocab.txt" "$xla_flag" \
     "${squad_flags[@]}" --layerwise_lr_decay 0.9 --warmup_proportion 0.1 --log_freq "$log_freq"
 }
+
+stage_finetune() { finetune_from "$model_dir/discriminator" "$squad_dir"; }
+
+stage_finetune_random() { finetune_from "$model_config" "$random_squad_dir"; }
 
 first_dev_question() {  # field: question | context | answer, of the dev set's first question
   python - "$results_dir/squad_data/dev-v1.1.json" "$1" <<'EOF'
@@ -130,25 +145,27 @@ choose_precision() {
   fi
 }
 
-stage_outputs() {  # what a stage writes, removed when it is redone from scratch
+stage_outputs() {  # what a stage writes, one path a line, removed when it is redone from scratch
   case "$1" in
-    data) echo "$results_dir/corpus $results_dir/data" ;;
-    squad_data) echo "$results_dir/squad_data" ;;
-    pretrain) echo "$pretraining_dir" ;;
-    postprocess) echo "$model_dir" ;;
-    finetune) echo "$squad_dir" ;;
-    inference) echo "$results_dir/inference.txt" ;;
+    data) printf '%s\n' "$results_dir/corpus" "$results_dir/data" ;;
+    squad_data) printf '%s\n' "$results_dir/squad_data" ;;
+    pretrain) printf '%s\n' "$pretraining_dir" ;;
+    postprocess) printf '%s\n' "$model_dir" ;;
+    finetune) printf '%s\n' "$squad_dir" ;;
+    inference) printf '%s\n' "$results_dir/inference.txt" ;;
+    finetune_random) printf '%s\n' "$random_squad_dir" ;;
   esac
 }
 
 redo_from_scratch() {  # this stage's outputs go, and every later stage is marked not done
   local stage=$1 later=false name
+  local -a outputs
   for name in "${all_stages[@]}"; do
     if [[ "$name" == "$stage" ]]; then later=true; fi
-    if [[ "$later" == true ]]; then rm -f "$results_dir/.done-$name"; fi
+    if [[ "$later" == true ]]; then remove_within "$results_dir" "$results_dir/.done-$name"; fi
   done
-  # shellcheck disable=SC2046
-  rm -rf $(stage_outputs "$stage")
+  mapfile -t outputs < <(stage_outputs "$stage")
+  remove_within "$results_dir" "${outputs[@]}"
 }
 
 run_stage() {
@@ -178,11 +195,19 @@ from pathlib import Path
 results = Path(sys.argv[1])
 pretraining = [json.loads(l) for l in (results / "pretraining/phase1/logs/metrics.jsonl").read_text().splitlines()]
 pretraining = [m for m in pretraining if "generator_loss" in m]
-evaluation = json.loads((results / "squad/eval_results.json").read_text())
 print(f"Pretraining, step {pretraining[0]['step']} -> {pretraining[-1]['step']}: generator loss "
       f"{pretraining[0]['generator_loss']:.2f} -> {pretraining[-1]['generator_loss']:.2f}, discriminator loss "
       f"{pretraining[0]['discriminator_loss']:.3f} -> {pretraining[-1]['discriminator_loss']:.3f}")
-print(f"SQuAD-format cloze dev set (Persuasion): EM {evaluation['exact_match']:.1f}, F1 {evaluation['f1']:.1f}")
+rows = {"fine-tuned from the pretrained discriminator": results / "squad/eval_results.json",
+        "fine-tuned from random weights, same shape and settings": results / "squad_random/eval_results.json"}
+scores = {name: json.loads(path.read_text()) for name, path in rows.items() if path.exists()}
+scores.update(json.loads((results / "squad_data/baselines-v1.1.json").read_text()))
+print("SQuAD-format cloze dev set (Persuasion):")
+for name, score in scores.items():
+    print(f"  {name:<56} EM {score['exact_match']:5.1f}  F1 {score['f1']:5.1f}")
+if all(name in scores for name in rows):
+    pretrained, random = (scores[name]["f1"] for name in rows)
+    print(f"Pretraining brings {pretrained - random:+.1f} F1 over the random start.")
 print("One question:", (results / "inference.txt").read_text().strip().replace("\n", " | "))
 EOF
   echo "  question: $(first_dev_question question)"

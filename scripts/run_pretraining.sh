@@ -1,62 +1,62 @@
 #!/usr/bin/env bash
 # Two-phase ELECTRA pretraining (phase 1 at sequence length 128, then phase 2 at 512 from the
-# phase-1 checkpoint with the optimizer step reset), with the recipe's positional arguments:
+# phase-1 checkpoint with the optimizer step reset), with the recipe's positional arguments.
 #
-#   bash scripts/run_pretraining.sh [batch_p1 lr_p1 precision num_gpus xla warmup_p1 steps_p1
-#        save_steps resume optimizer accumulate accum_p1 seed job_name batch_p2 lr_p2 warmup_p2
-#        steps_p2 accum_p2 model_size data_p1 data_p2 results_dir init_checkpoint]
+# Usage: bash scripts/run_pretraining.sh [batch_p1 lr_p1 precision num_gpus xla warmup_p1 steps_p1
+#          save_steps resume optimizer accumulate accum_p1 seed job_name batch_p2 lr_p2 warmup_p2
+#          steps_p2 accum_p2 model_size data_p1 data_p2 results_dir init_checkpoint]
 #
-#   precision: amp (float16 + loss scaling), bf16 (bfloat16), fp32 or tf32
-#   xla: xla | no_xla        resume: true | false (continue phase 1 from its latest checkpoint)
-#   accumulate: true | false (use accum_p1 / accum_p2 gradient accumulation steps)
-#   data_p1/data_p2: TFRecord globs for sequence length 128 / 512 (data/create_datasets_from_start.sh)
-#   results_dir: phase1/ and phase2/ folders (checkpoints, logs, run_config.json) are made here
-#   init_checkpoint: None, or a folder with discriminator/ and generator/ model folders
-# Presets: scripts/configs/pretrain_config.sh. Environment: PHASES=1 or PHASES=2 runs one phase
-# only; EXTRA_ARGS adds run_pretraining.py flags to both phases (e.g. "--model_config my.json").
+# Example, NVIDIA's DGX A100 preset on one 8-GPU node (presets: scripts/configs/pretrain_config.sh):
+#   bash scripts/run_pretraining.sh $(source scripts/configs/pretrain_config.sh && dgxa100_8gpu_amp)
+#
+# Writes RESULTS_DIR/phase1/ and RESULTS_DIR/phase2/ (checkpoints/, logs/, run_config.json and a
+# log file per phase). Sets up the environment with scripts/setup_env.sh and starts num_gpus
+# processes with scripts/launch_processes.sh (ENGINE=horovod or tf_distribute).
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo_dir/scripts/lib/args.sh"
 
-train_batch_size_p1=${1:-176}
-learning_rate_p1=${2:-6e-3}
-precision=${3:-amp}
-num_gpus=${4:-8}
-xla=${5:-xla}
-warmup_steps_p1=${6:-2000}
-train_steps_p1=${7:-10000}
-save_checkpoint_steps=${8:-500}
-resume_training=${9:-false}
-optimizer=${10:-lamb}
-accumulate_gradients=${11:-true}
-gradient_accumulation_steps_p1=${12:-48}
-seed=${13:-12439}
-job_name=${14:-electra_lamb_pretraining}
-train_batch_size_p2=${15:-24}
-learning_rate_p2=${16:-4e-3}
-warmup_steps_p2=${17:-200}
-train_steps_p2=${18:-930}
-gradient_accumulation_steps_p2=${19:-144}
-electra_model=${20:-base}
-data_dir="$repo_dir/data"
-data_p1=${21:-"$data_dir/tfrecord_lower_case_1_seq_len_128_random_seed_12345/wikicorpus_en/train/pretrain_data*"}
-data_p2=${22:-"$data_dir/tfrecord_lower_case_1_seq_len_512_random_seed_12345/wikicorpus_en/train/pretrain_data*"}
-results_dir=${23:-"$repo_dir/results/$job_name"}
-init_checkpoint=${24:-None}
-phases=${PHASES:-"1 2"}
-read -r -a extra_args <<< "${EXTRA_ARGS:-}"
-
-case "$precision" in
-  amp) precision_flags=(--amp --amp_dtype float16) ;;
-  bf16) precision_flags=(--amp --amp_dtype bfloat16) ;;
-  fp32|tf32) precision_flags=(--no-amp) ;;
-  *) echo "error: unknown precision '$precision' (amp, bf16, fp32 or tf32)" >&2; exit 2 ;;
+electra_arg train_batch_size_p1 176 "phase-1 sequences per process and micro-batch"
+electra_arg learning_rate_p1 6e-3 "phase-1 peak learning rate"
+electra_arg precision amp "amp (float16 + loss scaling), bf16, tf32 or fp32"
+electra_arg num_gpus 8 "processes, one per GPU"
+electra_arg xla xla "XLA compilation: xla / no_xla (or a boolean)"
+electra_arg warmup_steps_p1 2000 "phase-1 warm-up steps"
+electra_arg train_steps_p1 10000 "phase-1 optimizer steps"
+electra_arg save_checkpoint_steps 500 "optimizer steps between checkpoints"
+electra_arg resume_training false "continue phase 1 from its latest checkpoint (boolean)"
+electra_arg optimizer lamb "lamb or adam"
+electra_arg accumulate_gradients true "use accum_p1 / accum_p2 (boolean; false: 1 micro-batch per step)"
+electra_arg gradient_accumulation_steps_p1 48 "phase-1 micro-batches per optimizer step"
+electra_arg seed 12439 "random seed"
+electra_arg job_name electra_lamb_pretraining "name of the run (logs, default results folder)"
+electra_arg train_batch_size_p2 24 "phase-2 sequences per process and micro-batch"
+electra_arg learning_rate_p2 4e-3 "phase-2 peak learning rate"
+electra_arg warmup_steps_p2 200 "phase-2 warm-up steps"
+electra_arg train_steps_p2 930 "phase-2 optimizer steps"
+electra_arg gradient_accumulation_steps_p2 144 "phase-2 micro-batches per optimizer step"
+electra_arg electra_model base "model size: small, base or large (EXTRA_ARGS=--model_config F for others)"
+electra_arg data_p1 '$repo_dir/data/tfrecord_lower_case_1_seq_len_128_random_seed_12345/wikicorpus_en/train/pretrain_data*' \
+  "phase-1 TFRecord glob, sequence length 128 (data/create_datasets_from_start.sh)"
+electra_arg data_p2 '$repo_dir/data/tfrecord_lower_case_1_seq_len_512_random_seed_12345/wikicorpus_en/train/pretrain_data*' \
+  "phase-2 TFRecord glob, sequence length 512"
+electra_arg results_dir '$repo_dir/results/$job_name' "phase1/ and phase2/ are made here"
+electra_arg init_checkpoint None "None, or a folder with discriminator/ and generator/ model folders to start from"
+electra_env PHASES "1 2" "the phases to run: \"1 2\", 1 or 2"
+electra_env EXTRA_ARGS "" "more run_pretraining.py flags for both phases, e.g. \"--model_config my.json\""
+electra_parse_args "$@"
+electra_precision precision
+electra_bool xla xla no_xla
+electra_bool resume_training
+electra_bool accumulate_gradients
+case " $PHASES " in
+  " 1 2 "|" 1 "|" 2 ") ;;
+  *) electra_die "PHASES must be \"1 2\", 1 or 2, not '$PHASES'" ;;
 esac
-case "$xla" in
-  xla) precision_flags+=(--xla) ;;
-  no_xla) precision_flags+=(--no-xla) ;;
-  *) echo "error: unknown xla setting '$xla' (xla or no_xla)" >&2; exit 2 ;;
-esac
-[[ "$accumulate_gradients" == "true" ]] || { gradient_accumulation_steps_p1=1; gradient_accumulation_steps_p2=1; }
+read -r -a extra_args <<< "$EXTRA_ARGS"
+electra_set_precision_flags "$precision" "$xla"
+precision_flags=("${ELECTRA_PRECISION_FLAGS[@]}")
+[[ "$accumulate_gradients" == true ]] || { gradient_accumulation_steps_p1=1; gradient_accumulation_steps_p2=1; }
 
 source "$repo_dir/scripts/setup_env.sh"
 source "$repo_dir/scripts/launch_processes.sh"
@@ -77,15 +77,15 @@ run_phase() {  # phase batch lr warmup steps accumulation seq_len data [extra fl
     --seed "$seed" --results_dir "$out" "${precision_flags[@]}" "${extra_args[@]}" "$@" 2>&1 | tee "$log"
 }
 
-if [[ " $phases " == *" 1 "* ]]; then
+if [[ " $PHASES " == *" 1 "* ]]; then
   phase1_flags=()
-  if [[ "$resume_training" == "true" ]]; then phase1_flags+=(--restore_checkpoint latest); fi
+  if [[ "$resume_training" == true ]]; then phase1_flags+=(--restore_checkpoint latest); fi
   if [[ "$init_checkpoint" != "None" ]]; then phase1_flags+=(--init_checkpoint "$init_checkpoint"); fi
   run_phase 1 "$train_batch_size_p1" "$learning_rate_p1" "$warmup_steps_p1" "$train_steps_p1" \
     "$gradient_accumulation_steps_p1" 128 "$data_p1" "${phase1_flags[@]}"
   echo "Finished pretraining phase 1"
 fi
-if [[ " $phases " == *" 2 "* ]]; then
+if [[ " $PHASES " == *" 2 "* ]]; then
   run_phase 2 "$train_batch_size_p2" "$learning_rate_p2" "$warmup_steps_p2" "$train_steps_p2" \
     "$gradient_accumulation_steps_p2" 512 "$data_p2" --phase2 --restore_checkpoint "$results_dir/phase1/checkpoints"
   echo "Finished pretraining phase 2"

@@ -1,58 +1,52 @@
 #!/usr/bin/env bash
 # Fine-tune and/or evaluate ELECTRA on SQuAD with run_tf_squad.py, with the positional arguments
-# of NVIDIA's recipe (same order and meaning), two added at the end, then any extra flags:
+# of NVIDIA's recipe (same order and meaning), a few added at the end, then any extra
+# run_tf_squad.py flags.
 #
-#   bash scripts/run_squad.sh electra_model epochs batch_size infer_batch_size learning_rate \
-#        precision num_gpu seed squad_version squad_dir results_dir init_checkpoint mode env \
-#        cache_dir max_steps vocab_file xla [extra run_tf_squad.py flags...]
+# Usage: bash scripts/run_squad.sh [electra_model epochs batch_size infer_batch_size learning_rate
+#          precision num_gpu seed squad_version squad_dir results_dir init_checkpoint mode env
+#          cache_dir max_steps vocab_file xla] [run_tf_squad.py flags...]
 #
-#   precision  amp (mixed float16; XLA on unless xla says otherwise, as in the recipe) | tf32 | fp32
-#   num_gpu    processes that fine-tune together, one per GPU (batch_size is per process); eval and
-#              prediction modes predict in one process
-#   mode       train | eval | train_eval | prediction
-#   env        interactive: start num_gpu processes here (scripts/launch_processes.sh: horovodrun, or
-#              tf.distribute workers with ENGINE=tf_distribute) | cluster: srun/mpirun already started
-#              one copy of this script per process, so run one (the engine follows the launcher)
-#   xla        true | false (default: true with amp, false otherwise)
+# Example, NVIDIA's 8-GPU A100 preset on Google's released ELECTRA-base (downloaded into the
+# Hugging Face cache on first use; presets: scripts/configs/squad_config.sh):
+#   bash scripts/run_squad.sh $(source scripts/configs/squad_config.sh && dgxa100_8gpu_amp) train_eval
 #
-# Presets: bash scripts/run_squad.sh $(source scripts/configs/squad_config.sh && dgxa100_8gpu_amp)
-# init_checkpoint "None" starts from electra_model (a released google/electra-* name in the local
-# Hugging Face cache, a model folder, or a size for random weights); eval and prediction modes
-# need a fine-tuned QA folder (RESULTS_DIR/model of a training run).
+# electra_model is a released google/electra-* name (fetched with huggingface_hub: HF_HOME,
+# HF_HUB_CACHE, HF_HUB_OFFLINE and HF_TOKEN apply), a model folder, or a size for random
+# weights; init_checkpoint "None" starts from it. eval and prediction need a fine-tuned QA folder
+# (RESULTS_DIR/model of a training run) as init_checkpoint and run one process.
+# Writes into results_dir: predictions.json, eval_results.json, model/, checkpoints/, logs/ and
+# logfile.txt. Sets up the environment with scripts/setup_env.sh.
 set -euo pipefail
 repo_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$repo_dir/scripts/lib/args.sh"
 
-electra_model=${1:-"google/electra-base-discriminator"}
-epochs=${2:-"2"}
-batch_size=${3:-"16"}
-infer_batch_size=${4:-"$batch_size"}
-learning_rate=${5:-"4e-4"}
-precision=${6:-"amp"}
-num_gpu=${7:-"8"}
-seed=${8:-"1"}
-squad_version=${9:-"1.1"}
-squad_dir=${10:-"$repo_dir/data/download/squad/v$squad_version"}
-results_dir=${11:-"results/"}
-init_checkpoint=${12:-"None"}
-mode=${13:-"train_eval"}
-env=${14:-"interactive"}
-cache_dir=${15:-"$squad_dir"}
-max_steps=${16:-"-1"}
-vocab_file=${17:-"$repo_dir/vocab/vocab.txt"}
-if [ "$precision" = "amp" ]; then default_xla=true; else default_xla=false; fi
-xla=${18:-"$default_xla"}
-extra_flags=("${@:19}")
-
-case "$env" in
-  interactive|cluster) ;;
-  *) echo "env must be interactive or cluster, got '$env'" >&2; exit 2 ;;
-esac
-processes=$num_gpu
-if [ "$env" = "cluster" ]; then processes=1; fi
-if [ "$mode" = "eval" ] || [ "$mode" = "prediction" ]; then
-  if [ "$num_gpu" != "1" ]; then echo "num_gpu=$num_gpu: $mode mode only predicts, which runs in one process."; fi
-  processes=1
-fi
+electra_arg electra_model google/electra-base-discriminator "released name, model folder, or size (small, base, large)"
+electra_arg epochs 2 "training epochs"
+electra_arg batch_size 16 "training sequences per process"
+electra_arg infer_batch_size '$batch_size' "prediction sequences per batch"
+electra_arg learning_rate 4e-4 "peak learning rate"
+electra_arg precision amp "amp (float16 + loss scaling), bf16, tf32 or fp32"
+electra_arg num_gpu 8 "processes that fine-tune together, one per GPU (batch_size is per process)"
+electra_arg seed 1 "random seed"
+electra_arg squad_version 1.1 "1.1 or 2.0"
+electra_arg squad_dir '$repo_dir/data/download/squad/v$squad_version' "folder with train-vX.json and dev-vX.json"
+electra_arg results_dir results/ "output folder"
+electra_arg init_checkpoint None "None, or a model folder (or released name) to start from"
+electra_arg mode train_eval "train, eval, train_eval or prediction"
+electra_arg env interactive "interactive: start num_gpu processes here; cluster: srun/mpirun started one copy per process"
+electra_arg cache_dir '$squad_dir' "where featurized SQuAD is cached"
+electra_arg max_steps -1 "stop after this many optimizer steps (-1: the epochs decide)"
+electra_arg vocab_file '$repo_dir/vocab/vocab.txt' "WordPiece vocab.txt"
+electra_arg xla "" "XLA compilation, a boolean (default: true with amp, as in the recipe, else false)"
+electra_env EXTRA_SQUAD_ARGS "" "more run_tf_squad.py flags, after the arguments' ones (also from finetune_ckpts_on_squad.sh)"
+ELECTRA_ALLOW_EXTRA=1
+electra_parse_args "$@"
+read -r -a extra_flags <<< "$EXTRA_SQUAD_ARGS"
+extra_flags+=("${ELECTRA_EXTRA_ARGS[@]}")
+source "$repo_dir/scripts/lib/finetune.sh"
+finetune_check_precision
+finetune_processes
 
 flags=(--electra_model "$electra_model" --data_dir "$squad_dir" --output_dir "$results_dir"
        --cache_dir "$cache_dir" --vocab_file "$vocab_file" --do_lower_case
@@ -62,31 +56,19 @@ flags=(--electra_model "$electra_model" --data_dir "$squad_dir" --output_dir "$r
        --max_seq_length 384 --doc_stride 128 --max_query_length 64
        --joint_head --beam_size 5 --null_score_diff_threshold -5.6)
 if [ "$init_checkpoint" != "None" ]; then flags+=(--init_checkpoint "$init_checkpoint"); fi
-case "$precision" in
-  amp) flags+=(--amp) ;;
-  tf32|fp32) flags+=(--no-amp) ;;
-  *) echo "precision must be amp, tf32 or fp32, got '$precision'" >&2; exit 2 ;;
-esac
-case "$xla" in
-  true) flags+=(--xla) ;;
-  false) flags+=(--no-xla) ;;
-  *) echo "xla must be true or false, got '$xla'" >&2; exit 2 ;;
-esac
+electra_set_precision_flags "$precision" "$xla"
+flags+=("${ELECTRA_PRECISION_FLAGS[@]}")
 case "$squad_version" in
   1.1) flags+=(--no-version_2_with_negative) ;;
   2.0) flags+=(--version_2_with_negative) ;;
-  *) echo "squad_version must be 1.1 or 2.0, got '$squad_version'" >&2; exit 2 ;;
+  *) electra_die "squad_version must be 1.1 or 2.0, not '$squad_version'" ;;
 esac
 case "$mode" in
   train) flags+=(--do_train) ;;
   eval) flags+=(--do_predict --do_eval) ;;
   prediction) flags+=(--do_predict) ;;
   train_eval) flags+=(--do_train --do_predict --do_eval) ;;
-  *) echo "mode must be train, eval, train_eval or prediction, got '$mode'" >&2; exit 2 ;;
+  *) electra_die "mode must be train, eval, train_eval or prediction, not '$mode'" ;;
 esac
 
-source "$repo_dir/scripts/launch_processes.sh"
-mkdir -p "$results_dir"
-command=(python "$repo_dir/run_tf_squad.py" "${flags[@]}" "${extra_flags[@]}")
-echo "$processes process(es): ${command[*]}"
-launch_processes "$processes" "${command[@]}" 2>&1 | tee "$results_dir/logfile.txt"
+launch_finetuning "$repo_dir/run_tf_squad.py" "${flags[@]}" "${extra_flags[@]}"

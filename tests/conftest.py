@@ -1,12 +1,17 @@
 """Fixtures shared by the whole test suite."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The launchers the tests start (they source scripts/setup_env.sh) use the environment the tests
+# run in rather than making another one.
+if sys.prefix != sys.base_prefix:
+    os.environ.setdefault("ELECTRA_VENV", sys.prefix)
 
 
 @pytest.fixture(scope="session")

@@ -36,9 +36,32 @@ def test_written_sets_are_valid_squad_and_v2_adds_an_unanswerable_twin(sample_co
     assert {e.context for e in dev.examples} <= held_out  # dev from the held-out book, train from the others
     assert not {e.context for e in train.examples} & held_out
     assert json.loads((tmp_path / "dev-v2.0.json").read_text())["version"] == "2.0"
+    baselines = json.loads((tmp_path / "baselines-v2.0.json").read_text())
+    # half the questions are unanswerable: the passage names no one, so "its first name" is "", right
+    assert baselines["first name in the passage"]["exact_match"] >= 50.0
 
 
 def test_a_missing_book_is_named(sample_corpus_dir: Path, tmp_path: Path, caplog):
     assert cloze_squad.main(["--corpus-dir", str(sample_corpus_dir), "--output-dir", str(tmp_path),
                              "--dev-books", "persuasion,middlemarch"]) == 1
     assert "middlemarch.txt" in caplog.text
+
+
+def test_baselines_answer_without_reading_and_are_scored_officially():
+    def document(*questions: tuple[str, str, str, str]) -> dict:
+        return {"data": [{"paragraphs": [{"context": context, "qas": [
+            {"id": qid, "question": question, "answers": [{"text": answer, "answer_start": context.index(answer)}]}]}
+            for qid, context, question, answer in questions]}]}
+    train = document(("t0", PASSAGE, "She said that _ had gone", "Lady Russell"),
+                     ("t1", PASSAGE, "gone to Bath with _ .", "Lady Russell"),
+                     ("t2", PASSAGE, "to _ with Lady Russell.", "Bath"))
+    dev = document(("d0", PASSAGE, "She said that _ had gone to Bath with", "Anne Elliot"),
+                   ("d1", PASSAGE, "said that Anne Elliot had gone to _ with Lady", "Bath"))
+    assert cloze_squad.first_name(PASSAGE, "") == "Anne Elliot"
+    assert cloze_squad.first_name_not_in_question(PASSAGE, "that Anne Elliot had gone to _") == "Bath"
+    assert cloze_squad.first_name("It was a fine day.", "") == ""
+    scores = cloze_squad.baseline_scores(train, dev, version_2=False)
+    # first name: d0 right, d1 wrong; first name not in the question: both right; "Lady Russell": none
+    assert scores == {"first name in the passage": {"exact_match": 50.0, "f1": 50.0},
+                      "first name in the passage not in the question": {"exact_match": 100.0, "f1": 100.0},
+                      "most frequent training answer": {"exact_match": 0.0, "f1": 0.0}}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,55 @@ def test_bad_config_files_give_one_clear_error_naming_the_file(tmp_path: Path, c
 def test_missing_config_file_names_the_path(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere.json")):
         ElectraConfig.from_json_file(str(tmp_path / "nowhere.json"))
+
+
+VALID = {"vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 1,
+         "intermediate_size": 256}
+
+
+@pytest.mark.parametrize("key, value, requirement", [
+    ("layer_norm_eps", 0, "a positive finite number"),
+    ("layer_norm_eps", -1e-12, "a positive finite number"),
+    ("layer_norm_eps", float("nan"), "a positive finite number"),
+    ("layer_norm_eps", float("inf"), "a positive finite number"),
+    ("layer_norm_eps", "1e-12", "a positive finite number"),
+    ("initializer_range", 0.0, "a positive finite number"),
+    ("hidden_dropout_prob", True, r"a probability in \[0, 1\)"),
+    ("hidden_dropout_prob", 1.0, r"a probability in \[0, 1\)"),
+    ("hidden_dropout_prob", "0.1", r"a probability in \[0, 1\)"),
+    ("attention_probs_dropout_prob", -0.1, r"a probability in \[0, 1\)"),
+    ("attention_probs_dropout_prob", float("nan"), r"a probability in \[0, 1\)"),
+    ("pad_token_id", "abc", r"a token id \(an integer >= 0\)"),
+    ("pad_token_id", True, r"a token id \(an integer >= 0\)"),
+    ("pad_token_id", -1, r"a token id \(an integer >= 0\)"),
+    ("pad_token_id", 0.0, r"a token id \(an integer >= 0\)"),
+    ("pad_token_id", 100, "a token id below vocab_size 100"),
+    ("vocab_size", True, "a positive integer"),
+    ("hidden_size", 64.0, "a positive integer"),
+    ("num_hidden_layers", 0, "a positive integer"),
+    ("embedding_size", None, "a positive integer"),
+    ("max_position_embeddings", -512, "a positive integer"),
+    ("type_vocab_size", 0, "a positive integer"),
+    ("hidden_act", ["gelu"], r"one of \('gelu', 'gelu_new', 'gelu_pytorch_tanh', 'relu'\)"),
+])
+def test_every_field_is_checked_when_the_file_is_read(tmp_path: Path, key: str, value, requirement: str):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**VALID, key: value}))  # NaN and Infinity as Python's json writes them
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {key} must be {requirement}, got "):
+        ElectraConfig.from_json_file(str(path))
+
+
+def test_position_embeddings_other_than_absolute_are_refused(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**VALID, "position_embedding_type": "relative_key"}))
+    with pytest.raises(ConfigError, match="position_embedding_type is 'relative_key', expected 'absolute'"):
+        ElectraConfig.from_json_file(str(path))
+    path.write_text(json.dumps({**VALID, "position_embedding_type": "absolute"}))
+    assert ElectraConfig.from_json_file(str(path)).vocab_size == 100
+
+
+def test_deeply_nested_config_is_a_clear_error(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_text('{"vocab_size": 100, "extra": ' + "[" * 50_000 + "]" * 50_000 + "}")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: not valid JSON \\(JSON nested deeper than 100"):
+        ElectraConfig.from_json_file(str(path))

@@ -53,6 +53,16 @@ def test_engine_follows_the_launcher(environ, engine):
     assert distributed.detect_engine(environ) == engine
 
 
+def test_tf_distribute_alone_is_rank_0_of_1(repo_root):
+    """--engine tf_distribute with no TF_CONFIG (run.sub's default engine in a one-task job)."""
+    code = "import distributed; e = distributed.create_engine('tf_distribute', {}); print(e.rank, e.size)"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG" and not k.startswith("SLURM_")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["0", "1"]
+
+
 PARITY_WORKER = Path(__file__).resolve().parent / "distributed_parity_worker.py"
 
 

@@ -1,6 +1,10 @@
 """Model folders: resolution from the Hugging Face cache, partial loads, and bad folders."""
 from __future__ import annotations
 
+import io
+import json
+import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -10,7 +14,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from configuration import ElectraConfig
-from model_folder import (ModelFolderError, huggingface_cache_dir, load_model_folder,
+from model_folder import (ModelFolderError, load_model_folder, read_config, read_qa_head_settings,
                           resolve_model_folder, save_model_folder)
 from modeling import ElectraDiscriminator, ElectraGenerator, ElectraModel
 
@@ -137,19 +141,103 @@ def test_released_name_resolves_from_the_local_hub_cache(tmp_path: Path, discrim
     assert model.config == TINY
 
 
-def test_released_name_missing_from_the_cache_says_how_to_get_it(tmp_path: Path):
-    with pytest.raises(FileNotFoundError) as error:
-        resolve_model_folder("google/electra-base-generator", str(tmp_path))
-    assert "not in the local Hugging Face cache" in str(error.value)
-    assert "huggingface-cli download google/electra-base-generator" in str(error.value)
-
-
 def test_unknown_path_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         resolve_model_folder(str(tmp_path / "absent"))
 
 
-def test_hub_cache_location_follows_the_environment_variables(tmp_path: Path):
-    assert huggingface_cache_dir({"HF_HUB_CACHE": "/a"}) == "/a"
-    assert huggingface_cache_dir({"HF_HOME": "/b"}) == "/b/hub"
-    assert huggingface_cache_dir({"XDG_CACHE_HOME": "/c"}) == "/c/huggingface/hub"
+
+# ----------------------------------------------------------------------------- malformed weights and config
+
+def _torch_bytes(value) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+class _RunsCode:
+    """A pickle that would create `path` if loading ran code (torch.load without weights_only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda state, tmp: _torch_bytes(state)[:len(_torch_bytes(state)) // 2],
+     r"not a readable PyTorch weights file \(RuntimeError: PytorchStreamReader failed reading zip archive"),
+    (lambda state, tmp: b"", r"not a readable PyTorch weights file \(EOFError\)"),
+    (lambda state, tmp: bytes(range(256)) * 4, "not a readable PyTorch weights file"),
+    (lambda state, tmp: pickle.dumps({k: v.numpy() for k, v in state.items()}),
+     r"not a readable PyTorch weights file \(UnpicklingError: Unsupported"),
+    (lambda state, tmp: pickle.dumps(_RunsCode(tmp / "ran")), r"not a readable PyTorch weights file \(UnpicklingError"),
+    (lambda state, tmp: _torch_bytes(list(state.values())), "holds an object of type list, expected a dict of tensors"),
+    (lambda state, tmp: _torch_bytes({"model": state}), "entry 'model' holds an object of type dict"),
+    (lambda state, tmp: _torch_bytes({**state, "step": 3}), "entry 'step' holds an object of type int"),
+    (lambda state, tmp: _torch_bytes({**state, 7: torch.zeros(1)}), "entry 7 holds an object of type Tensor"),
+    (lambda state, tmp: _torch_bytes({**state, "c": torch.zeros(2, dtype=torch.complex64)}),
+     "tensor c holds torch.complex64 values, expected real numbers"),
+    (lambda state, tmp: _torch_bytes({**state, "electra.embeddings.LayerNorm.weight": torch.tensor([1.0, float("inf")])}),
+     "tensor electra.embeddings.LayerNorm.weight has 1 of 2 values that are NaN, infinite"),
+], ids=["truncated", "empty", "garbage", "numpy-pickle", "code-pickle", "list", "nested", "int", "int-key",
+        "complex", "infinite"])
+def test_malformed_pytorch_weights_are_one_error_naming_the_file(discriminator_folder: Path, tmp_path: Path,
+                                                                  make, message: str):
+    weights = discriminator_folder / "model.safetensors"
+    state = {k: torch.from_numpy(v) for k, v in load_file(str(weights)).items()}
+    weights.unlink()
+    bin_file = discriminator_folder / "pytorch_model.bin"
+    bin_file.write_bytes(make(state, tmp_path))
+    with pytest.raises(ModelFolderError, match=f"^{re.escape(str(bin_file))}: {message}"):
+        load_model_folder(str(discriminator_folder), ElectraDiscriminator)
+    assert not (tmp_path / "ran").exists()  # weights_only: nothing in the file ran
+
+
+@pytest.mark.parametrize("value, message", [
+    (np.float32("nan"), "has 1 of 32 values that are NaN, infinite or beyond float32's range"),
+    (np.float32("-inf"), "has 1 of 32 values that are NaN, infinite or beyond float32's range"),
+])
+def test_non_finite_safetensors_are_refused_naming_the_tensor(discriminator_folder: Path, value, message: str):
+    weights = discriminator_folder / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["electra.embeddings.LayerNorm.bias"][5] = value
+    save_file(tensors, str(weights))
+    with pytest.raises(ModelFolderError,
+                       match=f"^{re.escape(str(weights))}: tensor electra.embeddings.LayerNorm.bias {message}"):
+        load_model_folder(str(discriminator_folder), ElectraDiscriminator)
+
+
+def test_float64_beyond_float32_range_is_refused(discriminator_folder: Path):
+    weights = discriminator_folder / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["electra.embeddings.LayerNorm.bias"] = tensors["electra.embeddings.LayerNorm.bias"].astype(np.float64)
+    tensors["electra.embeddings.LayerNorm.bias"][0] = 1e300
+    save_file(tensors, str(weights))
+    with pytest.raises(ModelFolderError, match="LayerNorm.bias has 1 of 32 values"):
+        load_model_folder(str(discriminator_folder), ElectraDiscriminator)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("layer_norm_eps", float("nan"), "layer_norm_eps must be a positive finite number, got nan"),
+    ("hidden_dropout_prob", 1.5, r"hidden_dropout_prob must be a probability in \[0, 1\), got 1.5"),
+    ("pad_token_id", "abc", r"pad_token_id must be a token id \(an integer >= 0\), got 'abc'"),
+    ("joint_head", "yes", "joint_head must be true or false, got 'yes'"),
+    ("beam_size", True, "beam_size must be a positive integer, got True"),
+    ("beam_size", 0, "beam_size must be a positive integer, got 0"),
+    ("version_2_with_negative", 1, "version_2_with_negative must be true or false, got 1"),
+])
+def test_config_values_are_checked_when_a_folder_is_read(discriminator_folder: Path, key: str, value, message: str):
+    config_file = discriminator_folder / "config.json"
+    content = json.loads(config_file.read_text())
+    content.update({"joint_head": True, "version_2_with_negative": False, "beam_size": 5, key: value})
+    config_file.write_text(json.dumps(content))
+    for read in (read_config, read_qa_head_settings):
+        with pytest.raises(ValueError, match=f"^{re.escape(str(config_file))}: {message}$"):
+            read(str(discriminator_folder))
+
+
+def test_folder_without_config_has_no_head_settings(discriminator_folder: Path):
+    (discriminator_folder / "config.json").unlink()
+    assert read_qa_head_settings(str(discriminator_folder)) is None

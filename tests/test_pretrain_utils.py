@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import pretrain_utils as pu
+from safe_io import UserError
 
 CLS, SEP, MASK = pu.CLS_ID, pu.SEP_ID, pu.MASK_ID
 P_VALUE_THRESHOLD = 1e-3
@@ -404,8 +405,13 @@ def example_features(record_id: int, seq_length: int) -> dict[str, list[int]]:
 
 
 def write_records(path: Path, record_ids: range, seq_length: int) -> None:
+    write_records_of_lengths(path, [(record_id, seq_length) for record_id in record_ids])
+
+
+def write_records_of_lengths(path: Path, records: list[tuple[int, int]]) -> None:
+    """One record per (record id, sequence length)."""
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for record_id in record_ids:
+        for record_id, seq_length in records:
             features = {name: tf.train.Feature(int64_list=tf.train.Int64List(value=values))
                         for name, values in example_features(record_id, seq_length).items()}
             writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
@@ -495,15 +501,26 @@ def test_pipeline_order_is_deterministic_per_seed(shards):
         [b["input_ids"][:, 1].tolist() for b in first_batches(6)]
 
 
-def test_wrong_length_names_the_file_and_both_lengths(tmp_path):
+def test_files_of_another_length_are_refused_before_reading_naming_the_file_and_the_fix(tmp_path):
     write_shards(tmp_path, 2)
     bad_file = tmp_path / "pretrain_data.tfrecord-9-of-9"
     write_records(bad_file, range(100, 103), seq_length=8)
+    with pytest.raises(UserError) as error:
+        pu.pretraining_dataset(str(tmp_path / "*"), 2, SEQ_LENGTH, seed=0, repeat=False)
+    message = str(error.value)
+    assert message.startswith(f"{bad_file}: its records hold input_ids of length 8, but --max_seq_length is "
+                              f"{SEQ_LENGTH}: pass --max_seq_length 8") and "\n" not in message
+
+
+def test_a_record_of_another_length_within_a_file_names_the_file_and_both_lengths(tmp_path):
+    write_shards(tmp_path, 2)
+    mixed_file = tmp_path / "pretrain_data.tfrecord-9-of-9"
+    write_records_of_lengths(mixed_file, [(100, SEQ_LENGTH), (101, 8)])
     dataset = pu.pretraining_dataset(str(tmp_path / "*"), 2, SEQ_LENGTH, seed=0, repeat=False)
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         record_ids(dataset)
     message = str(error.value)
-    assert str(bad_file) in message
+    assert str(mixed_file) in message
     assert "of length 8" in message and f"max_seq_length {SEQ_LENGTH}" in message
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import squad_utils
 
-STAGES = ("data", "squad_data", "pretrain", "postprocess", "finetune", "inference")
+STAGES = ("data", "squad_data", "pretrain", "postprocess", "finetune", "inference", "finetune_random")
 TIMEOUT = 900
 
 
@@ -38,12 +38,12 @@ def test_every_stage_finishes_and_the_results_folder_is_named(first_run: dict):
     results, stdout = first_run["results"], first_run["stdout"]
     assert all((results / f".done-{stage}").exists() for stage in STAGES)
     assert stdout.rstrip().endswith(f"everything is in {results}")
-    assert "SQuAD-format cloze dev set (Persuasion): EM" in stdout and "One question: answer:" in stdout
+    assert "SQuAD-format cloze dev set (Persuasion):" in stdout and "One question: answer:" in stdout
 
 
 def test_pretraining_data_and_question_sets(first_run: dict):
     results = first_run["results"]
-    tfrecords = results / "data" / "tfrecord_lower_case_1_seq_len_128_random_seed_12345" / "custom"
+    tfrecords = results / "data" / "tfrecord_lower_case_1_seq_len_64_random_seed_12345" / "custom"
     summary = json.loads((tfrecords / "train" / "build_summary.json").read_text())
     assert summary["examples"] > 1000 and len(list((tfrecords / "train").glob("pretrain_data.tfrecord-*"))) == 16
     train = squad_utils.read_squad_file(results / "squad_data" / "train-v1.1.json")
@@ -73,6 +73,34 @@ def test_fine_tuning_learns_and_predicts_every_dev_question(first_run: dict):
     assert all(predictions[e.qas_id] and predictions[e.qas_id] in e.context for e in dev)
     evaluation = json.loads((results / "squad" / "eval_results.json").read_text())
     assert evaluation == squad_utils.evaluate_v1(squad_utils.gold_answers(dev), predictions)
+
+
+def test_the_random_start_has_the_pretrained_shape_and_its_own_weights(first_run: dict):
+    results = first_run["results"]
+    assert "starts from random weights" in (results / "finetune_random.log").read_text()
+    assert "starts from random weights" not in (results / "finetune.log").read_text()
+    dev = squad_utils.read_squad_file(results / "squad_data" / "dev-v1.1.json").examples
+    predictions = json.loads((results / "squad_random" / "predictions.json").read_text())
+    evaluation = json.loads((results / "squad_random" / "eval_results.json").read_text())
+    assert evaluation == squad_utils.evaluate_v1(squad_utils.gold_answers(dev), predictions)
+    pretrained = json.loads((results / "squad" / "model" / "config.json").read_text())
+    random = json.loads((results / "squad_random" / "model" / "config.json").read_text())
+    shape = ("hidden_size", "num_hidden_layers", "intermediate_size", "embedding_size", "vocab_size")
+    assert [pretrained[k] for k in shape] == [random[k] for k in shape]
+
+
+def test_the_summary_sets_both_starts_beside_the_computed_baselines(first_run: dict):
+    results, stdout = first_run["results"], first_run["stdout"]
+    pretrained = json.loads((results / "squad" / "eval_results.json").read_text())
+    random = json.loads((results / "squad_random" / "eval_results.json").read_text())
+    baselines = json.loads((results / "squad_data" / "baselines-v1.1.json").read_text())
+    assert set(baselines) == {"first long word in the passage", "first long word in the passage not in the question",
+                              "most frequent training answer"}
+    lines = {line.split(" EM ")[0].strip(): line.split(" EM ")[1] for line in stdout.splitlines() if " EM " in line}
+    for name, score in {"fine-tuned from the pretrained discriminator": pretrained,
+                        "fine-tuned from random weights, same shape and settings": random, **baselines}.items():
+        assert lines[name] == f"{score['exact_match']:5.1f}  F1 {score['f1']:5.1f}", name
+    assert f"Pretraining brings {pretrained['f1'] - random['f1']:+.1f} F1 over the random start." in stdout
 
 
 def test_inference_answers_the_first_dev_question_with_a_span_of_its_context(first_run: dict):

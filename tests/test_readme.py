@@ -1,4 +1,7 @@
-"""The README's commands and code work as written."""
+"""The README and docs/: the test command is CI's, the Python example runs, every link leads
+somewhere in the repository, and no document cites one outside it or a path of the machine it
+was written on. (The journeys' commands run in tests/test_journeys.py, the flag reference is
+checked in tests/test_flag_docs.py.)"""
 from __future__ import annotations
 
 import re
@@ -6,13 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from configuration import ElectraConfig
 from model_folder import save_model_folder
 from modeling import ElectraDiscriminator
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
-def readme_python_blocks(repo_root: Path) -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (repo_root / "README.md").read_text(), flags=re.S)
+
+def python_blocks(document: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", document.read_text(), flags=re.S)
 
 
 def test_readme_test_command_is_what_ci_runs(repo_root: Path):
@@ -22,11 +30,12 @@ def test_readme_test_command_is_what_ci_runs(repo_root: Path):
     assert "```bash\nbash scripts/test.sh\n```" in (repo_root / "README.md").read_text()
 
 
-def test_readme_model_folder_example_runs(repo_root: Path, tmp_path: Path):
-    """Run the example against a local folder in place of the released model name."""
+def test_model_folder_example_runs(repo_root: Path, tmp_path: Path):
+    """Run docs/model-folders.md's example against a local folder in place of the released name."""
     folder = tmp_path / "discriminator"
     save_model_folder(ElectraDiscriminator(ElectraConfig.from_size("small", num_hidden_layers=2)), str(folder))
-    example = next(block for block in readme_python_blocks(repo_root) if "load_model_folder" in block)
+    example = next(block for block in python_blocks(repo_root / "docs" / "model-folders.md")
+                   if "load_model_folder" in block)
     assert '"google/electra-small-discriminator"' in example
     script = example.replace('"google/electra-small-discriminator"', repr(str(folder)))
     result = subprocess.run([sys.executable, "-c", script], cwd=repo_root, capture_output=True,
@@ -35,19 +44,38 @@ def test_readme_model_folder_example_runs(repo_root: Path, tmp_path: Path):
     assert "shape=(1, 8)" in result.stdout  # [CLS] the chef ate the meal . [SEP]
 
 
-PROGRAMS = ("build_pretraining_dataset.py", "data/dataPrep.py", "data/cloze_squad.py", "run_pretraining.py",
-            "postprocess_pretrained_ckpt.py", "run_tf_squad.py", "run_inference.py",
-            "scripts/benchmark_pretraining.py", "scripts/benchmark_squad.py", "scripts/benchmark_data.py")
+def anchors(document: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", document.read_text(), flags=re.S), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
 
 
-def test_readme_documents_every_flag_of_every_program(repo_root: Path):
-    readme = (repo_root / "README.md").read_text()
-    for program in PROGRAMS:
-        source = (repo_root / program).read_text()
-        flags = re.findall(r"add_argument\(\s*((?:\"--[\w-]+\",\s*)+)", source)
-        names = [name for group in flags for name in re.findall(r"--[\w-]+", group)]
-        assert names, program
-        section = readme[readme.index(f"<code>{program}</code>"):]
-        section = section[:section.index("</details>")]
-        missing = [name for name in names if f"`{name}`" not in section]
-        assert not missing, f"{program}: {missing} not in the README's flag list"
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_every_link_leads_to_a_file_and_heading_of_the_repository(document: Path):
+    for target in re.findall(r"\]\(([^)\s]+)\)", document.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (document.parent / path).resolve() if path else document
+        assert linked.is_file() and linked.is_relative_to(REPO_ROOT), f"{document.name}: {target}"
+        if anchor:
+            assert anchor in anchors(linked), f"{document.name}: no heading for {target}"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: p.name)
+def test_documents_cite_nothing_outside_the_repository_and_no_machine_path(document: Path):
+    text = document.read_text()
+    assert not re.search(r"\bSPEC\b", text), "a document outside the repository is cited"
+    assert not re.search(r"(?<![\w.])/(work|root|home/\w+)/", text), "a path of the writing machine"
+
+
+def test_code_cites_no_document_outside_the_repository():
+    sources = [p for p in REPO_ROOT.rglob("*") if p.suffix in (".py", ".sh", ".sub") and ".venv" not in p.parts
+               and "results" not in p.parts]
+    cited = [str(p.relative_to(REPO_ROOT)) for p in sources if re.search(r"\bSPEC section", p.read_text())]
+    assert cited == []
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert [p.name for p in DOCUMENTS[1:] if f"](docs/{p.name})" not in readme] == []

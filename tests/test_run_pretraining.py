@@ -3,7 +3,6 @@ signals, and learning on real text."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -382,3 +382,13 @@ def test_every_flag_has_help_and_booleans_parse_both_ways(module):
                                         "--version_2_with_negative", "--no-do_lower_case"])
         assert (args.joint_head, args.do_predict, args.do_lower_case) == (False, True, False)
         assert args.predict_file == str(Path("d") / "dev-v2.0.json")
+
+
+def test_a_config_file_gives_random_weights_of_its_shape(repo_root: Path, tmp_path: Path):
+    config_file = repo_root / "scripts" / "configs" / "quickstart_model.json"
+    args = run_tf_squad.parse_args(["--electra_model", str(config_file), "--output_dir", str(tmp_path / "squad"),
+                                    "--do_train", "--train_file", "unused.json", "--max_seq_length", "128"])
+    config, folder = run_tf_squad.model_source(args)
+    expected = json.loads(config_file.read_text())
+    assert folder is None and (config.hidden_size, config.num_hidden_layers, config.embedding_size) == (
+        expected["hidden_size"], expected["num_hidden_layers"], expected["embedding_size"])

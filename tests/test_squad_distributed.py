@@ -71,6 +71,27 @@ def logged(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
 
 
+def assert_trained_as_one_process(engine: str, initial_folder: Path, one_process_run: Path, output: Path,
+                                  steps: int) -> None:
+    """The model folder of a 2-process run equals the 1-process run's (twice the batch) within
+    1e-5, the steps moved the weights by far more than that, and each step's gradient norm is the
+    same (the mean over both ranks' rows: a sum would double it)."""
+    initial, single = read_tensors(str(initial_folder)), read_tensors(str(one_process_run / "model"))
+    two = read_tensors(str(output / "model"))
+    assert two.keys() == single.keys() and len(single) > 30
+    differences = {name: float(np.max(np.abs(two[name] - value))) for name, value in single.items()}
+    print(f"{engine}: largest weight difference {max(differences.values()):.2e}")
+    # (In SQuAD the largest is the start logits' bias: softmax ignores it, so its gradient is
+    # rounding noise, which Adam turns into steps of up to the learning rate; hence the small 1e-4.)
+    assert max(differences.values()) < 1e-5, sorted(differences.items(), key=lambda item: -item[1])[:3]
+    moved = max(float(np.max(np.abs(single[name] - value))) for name, value in initial.items() if name in single)
+    assert moved > 1e-4  # the steps did change the encoder, by far more than the tolerance
+    single_log, two_log = logged(one_process_run), logged(output)
+    assert [r["step"] for r in two_log] == [r["step"] for r in single_log] == [*range(1, steps + 1), steps]
+    np.testing.assert_allclose([r["gradient_norm"] for r in two_log[:steps]],
+                               [r["gradient_norm"] for r in single_log[:steps]], rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def one_process_run(repo_root: Path, squad_dir: Path, discriminator: Path,
                     tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -90,22 +111,7 @@ def test_two_processes_fine_tune_as_one_with_twice_the_batch_and_only_rank0_writ
     assert result.returncode == 0, result.stdout[-3000:]
     assert f"engine {engine}: rank 0 of 2" in result.stdout
 
-    initial, single = read_tensors(str(discriminator)), read_tensors(str(one_process_run / "model"))
-    two = read_tensors(str(output / "model"))
-    assert two.keys() == single.keys() and len(single) > 30
-    differences = {name: float(np.max(np.abs(two[name] - value))) for name, value in single.items()}
-    print(f"{engine}: largest weight difference {max(differences.values()):.2e}")
-    # (The largest is the start logits' bias: softmax ignores it, so its gradient is rounding
-    # noise, which Adam turns into steps of up to the learning rate; hence the small 1e-4.)
-    assert max(differences.values()) < 1e-5, sorted(differences.items(), key=lambda item: -item[1])[:3]
-    moved = max(float(np.max(np.abs(single[name] - value))) for name, value in initial.items() if name in single)
-    assert moved > 1e-4  # the steps did change the encoder, by far more than the tolerance
-
-    # The gradient of each step is the mean over both ranks' rows (a sum would double its norm).
-    single_log, two_log = logged(one_process_run), logged(output)
-    assert [r["step"] for r in two_log] == [r["step"] for r in single_log] == [*range(1, STEPS + 1), STEPS]
-    np.testing.assert_allclose([r["gradient_norm"] for r in two_log[:STEPS]],
-                               [r["gradient_norm"] for r in single_log[:STEPS]], rtol=1e-5)
+    assert_trained_as_one_process(engine, discriminator, one_process_run, output, STEPS)
 
     # Rank 0 alone wrote files, logged and predicted.
     assert written_files(output) == written_files(one_process_run) == EXPECTED_OUTPUTS

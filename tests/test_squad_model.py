@@ -80,7 +80,7 @@ def masked(logits: np.ndarray, p_mask: np.ndarray) -> np.ndarray:
 
 
 class NumpyJointHead:
-    """SPEC section 7's joint head written out in float64 NumPy from the model's weights."""
+    """The joint head of docs/recipe.md written out in float64 NumPy from the model's weights."""
 
     def __init__(self, model: ElectraForQuestionAnswering):
         self.w = {k: v.astype(np.float64) for k, v in numpy_weights(model).items()}

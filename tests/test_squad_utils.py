@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,65 @@ def test_top_level_list_is_rejected(tmp_path: Path) -> None:
         su.read_squad_file(path)
 
 
+# Columns count bytes from 1: the 100th "[" after '{"data": ' (9 bytes) opens level 101 at byte
+# 109; on line 2, '{"a": ' (6 bytes) number 98 after the 20 bytes up to the title opens it at 603.
+@pytest.mark.parametrize("raw, message", [
+    (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+     "JSON nested deeper than 100 lists and objects at line 1 column 109"),
+    (b'{"version": "1.1",\n "data": [{"title": ' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"}]}",
+     "JSON nested deeper than 100 lists and objects at line 2 column 603"),
+    (b'{"data": [], "version": ' + b"9" * 5000 + b"}",
+     "malformed JSON: Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits"),
+    (b'{"data": [}', "malformed JSON at line 1 column 11: Expecting value"),
+    ("{\"data\": \"café\"}".encode("utf-16"),
+     "not UTF-8 text ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"),
+])
+def test_unreadable_json_raises_one_format_error_naming_the_file(tmp_path: Path, raw: bytes, message: str) -> None:
+    path = tmp_path / "odd.json"
+    path.write_bytes(raw)
+    with pytest.raises(su.SquadFormatError) as error:
+        su.read_squad_file(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_brackets_and_escaped_quotes_inside_strings_are_not_nesting(tmp_path: Path) -> None:
+    context = 'He wrote "[[[[" and \\"{{{{" ' * 60 + "then stopped."
+    path = write_json(tmp_path / "brackets.json", squad_json([{"context": context, "qas": [
+        question("q", "What did he write? " + "[{" * 200, [answer_at(context, "stopped")])]}]))
+    assert su.read_squad_file(path).examples[0].context == context
+
+
+@pytest.mark.parametrize("break_it, message", [
+    (lambda d: d["data"][1]["paragraphs"][1].update(context="Alpha \ud800beta"),
+     'data[1].paragraphs[1]: "context" holds the lone surrogate \\ud800 at character 6'),
+    (lambda d: d["data"][1]["paragraphs"][0]["qas"][0].update(question="What\udfff?"),
+     'data[1].paragraphs[0].qas[0]: "question" holds the lone surrogate \\udfff at character 4'),
+    (lambda d: d["data"][0]["paragraphs"][0]["qas"][0].update(id="q\udcff"),
+     'data[0].paragraphs[0].qas[0]: "id" holds the lone surrogate \\udcff at character 1'),
+    (lambda d: d["data"][0].update(title="\ud83d"), 'data[0]: "title" holds the lone surrogate \\ud83d at character 0'),
+    (lambda d: d["data"][1]["paragraphs"][1]["qas"][1]["answers"][0].update(text="beta\ud800"),
+     'data[1].paragraphs[1].qas[1].answers[0]: "text" holds the lone surrogate \\ud800 at character 4'),
+])
+def test_lone_surrogates_are_format_errors_naming_the_entry(tmp_path: Path, break_it, message: str) -> None:
+    document = _valid_document()
+    break_it(document)
+    path = tmp_path / "surrogate.json"
+    path.write_text(json.dumps(document), encoding="ascii")  # escaped: "\ud800", as JSON allows
+    with pytest.raises(su.SquadFormatError) as error:
+        su.read_squad_file(path)
+    assert str(error.value) == (f"{path}: {message}: not valid Unicode (in JSON, an escape \\ud800-\\udbff must be "
+                                "followed by one of \\udc00-\\udfff)")
+
+
+def test_surrogate_pairs_and_astral_characters_are_valid(tmp_path: Path) -> None:
+    context = "Smile \U0001F600 and \U0001D518\U0001D52B\U0001D526 math."
+    path = tmp_path / "astral.json"
+    path.write_text(json.dumps(squad_json([{"context": context, "qas": [
+        question("q", "What \U0001F600?", [answer_at(context, "math")])]}])), encoding="ascii")
+    assert "\\ud83d\\ude00" in path.read_text()  # written as a surrogate pair
+    assert su.read_squad_file(path).examples[0].context == context
+
+
 def _file_with_bad_inputs(tmp_path: Path) -> Path:
     context = "Mr. Knightley walked to Hartfield in the rain."
     return write_json(tmp_path / "bad_inputs.json", squad_json([
@@ -438,6 +498,63 @@ def test_windows_cover_the_context_and_each_token_is_max_context_once(
         # In window order, the max-context tokens are every context token exactly once.
         assert [s for s, _ in max_context] == starts
     assert len(set(features.example_index.tolist())) == len(examples)
+
+
+def windows_by_tokens_reference(windows: list[tuple[int, int]], num_tokens: int) -> np.ndarray:
+    """The previous max_context_windows, kept as the reference: a windows x tokens matrix of
+    BERT's scores, argmax over the windows (the first wins ties)."""
+    positions = np.arange(num_tokens)
+    scores = np.full((len(windows), num_tokens), -np.inf)
+    for index, (start, length) in enumerate(windows):
+        inside = positions[start:start + length]
+        scores[index, start:start + length] = (np.minimum(inside - start, start + length - 1 - inside)
+                                               + 0.01 * length)
+    return scores.argmax(axis=0)
+
+
+def austen_words(sample_corpus_dir: Path, count: int) -> str:
+    """The first `count` words of the six novels, one long context."""
+    words: list[str] = []
+    for novel in sorted(sample_corpus_dir.glob("*.txt")):
+        words += novel.read_text(encoding="utf-8").split()
+        if len(words) >= count:
+            break
+    return " ".join(words[:count])
+
+
+def test_max_context_windows_match_the_windows_by_tokens_reference(
+        tokenizer: WordPieceTokenizer, round_trip_data, sample_corpus_dir: Path) -> None:
+    examples, _ = round_trip_data
+    paragraphs = [len(ids) for ids in tokenizer.encode_batch_ids(sorted({e.context for e in examples}))]
+    long_context = len(tokenizer.encode_batch_ids([austen_words(sample_corpus_dir, 10_000)])[0])
+    layouts = [(config.max_seq_length - query - su.SPECIAL_TOKENS_IN_FEATURE, config.doc_stride)
+               for config in (SMALL, su.FeatureConfig(), DECODE_CONFIG) for query in (0, 5, config.max_query_length)]
+    rng = np.random.default_rng(3)
+    odd_layouts = [(int(room), int(rng.integers(1, room + 8))) for room in rng.integers(1, 60, size=12)]
+    cases = ([(n, layout) for n in paragraphs + [1, 2, 7, 100] for layout in layouts + odd_layouts]
+             + [(long_context, layout) for layout in layouts[3:6]])  # the default lengths
+    for num_tokens, (room, stride) in cases:
+        windows = su.doc_windows(num_tokens, room, stride)
+        np.testing.assert_array_equal(su.max_context_windows(windows, num_tokens),
+                                      windows_by_tokens_reference(windows, num_tokens),
+                                      err_msg=f"{num_tokens} tokens, room {room}, stride {stride}")
+
+
+def test_max_context_windows_memory_is_linear_in_the_context(tokenizer: WordPieceTokenizer,
+                                                             sample_corpus_dir: Path) -> None:
+    num_tokens = len(tokenizer.encode_batch_ids([austen_words(sample_corpus_dir, 40_000)])[0])
+    windows = su.doc_windows(num_tokens, 384 - 64 - su.SPECIAL_TOKENS_IN_FEATURE, 128)
+    tracemalloc.start()
+    try:
+        su.max_context_windows(windows, num_tokens)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    matrix = len(windows) * num_tokens * 8
+    print(f"{num_tokens} tokens, {len(windows)} windows: peak {peak / 2**20:.1f} MB; a windows x tokens "
+          f"matrix of float64 scores would take {matrix / 2**20:.0f} MB")
+    # The answer and the best score so far, 8 bytes each per token, and one window's temporaries.
+    assert peak < 3 * 8 * num_tokens
 
 
 def test_feature_layout_and_masks(tokenizer: WordPieceTokenizer, round_trip_data) -> None:

@@ -7,6 +7,7 @@
 #   are also written to $SLURM_LOCAL_DIR/env.sh (source it in later shells).
 #   --no-warmup   skip the warm-up job (~3 s; without it the first `sbatch --wait` after a
 #                 start takes ~10 s instead of ~2 s).
+# Example: eval "$(bash scripts/slurm/start_local_slurm.sh)" && sinfo
 # Stop with: bash scripts/slurm/stop_local_slurm.sh
 # Environment:
 #   SLURM_LOCAL_DIR   folder for slurm.conf, state, spool, logs, pid files
@@ -19,6 +20,8 @@
 # Idempotent: when its daemons are already up and answering, it only prints the exports.
 set -euo pipefail
 
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/args.sh"
+electra_help_if_asked "$@"
 start=$SECONDS
 log() { printf '[start_local_slurm %3ds] %s\n' "$((SECONDS - start))" "$*" >&2; }
 die() { echo "error: $*" >&2; exit 1; }
@@ -27,7 +30,6 @@ warmup=1
 for arg in "$@"; do
   case "$arg" in
     --no-warmup) warmup=0 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2; exit 0 ;;
     *) die "unknown argument '$arg' (see --help)" ;;
   esac
 done

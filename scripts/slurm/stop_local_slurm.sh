@@ -4,8 +4,10 @@
 # Usage: bash scripts/slurm/stop_local_slurm.sh [--keep-munge] [--purge]
 #   --keep-munge  leave munged running (by default it is stopped if start_local_slurm.sh
 #                 started it)
-#   --purge       also delete $SLURM_LOCAL_DIR (config, state, logs)
+#   --purge       also delete $SLURM_LOCAL_DIR (config, state, logs), only if it is the folder
+#                 start_local_slurm.sh made (it holds its settings file)
 # Environment: SLURM_LOCAL_DIR (default /tmp/electra-slurm), as for the start script.
+# Example: bash scripts/slurm/stop_local_slurm.sh --purge
 #
 # Order: cancel the jobs, then SIGTERM slurmd and slurmctld by the PIDs in their pid files,
 # wait up to 5 s, then SIGKILL. A hung slurmstepd ignores SIGTERM, so step daemons of this
@@ -13,16 +15,18 @@
 # Packages stay installed. Safe to run when nothing is running.
 set -euo pipefail
 
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/args.sh"
+electra_help_if_asked "$@"
 keep_munge=0 purge=0
 for arg in "$@"; do
   case "$arg" in
     --keep-munge) keep_munge=1 ;;
     --purge) purge=1 ;;
-    -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
 
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/lib/remove_within.sh"
 start=$SECONDS
 log() { printf '[stop_local_slurm %3ds] %s\n' "$((SECONDS - start))" "$*"; }
 
@@ -105,7 +109,11 @@ if [[ $keep_munge == 0 && -s "$dir/run/munged.pid" ]]; then
 fi
 
 if [[ $purge == 1 ]]; then
-  rm -rf "$dir"
+  if [[ ! -f "$dir/settings" ]]; then
+    echo "error: not purging $dir: it has no settings file, so start_local_slurm.sh did not make it" >&2
+    exit 1
+  fi
+  remove_within "$(dirname -- "$dir")" "$dir"
   log "removed $dir"
 fi
 log "done in $((SECONDS - start)) s"
