@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -351,16 +352,23 @@ def checkpoint_tensors(path: Path) -> dict[str, object]:
             if not name.startswith(("iterator", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
 
 
-def stop_with_sigterm_after_the_first_log(command: list[str], results: Path, delay: float) -> int:
-    """Start a run, SIGTERM it `delay` seconds after its first metrics line; the step it stopped at."""
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = results / "logs" / "metrics.jsonl"
+def stop_with_sigterm_at_progress(command: list[str], step: int, total: int) -> int:
+    """Start a run, SIGTERM it once its progress bar shows `step` of `total` steps done; the step
+    it stopped at (the handler runs between steps, so `step` or a later one)."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: process.stderr.read1(4096), b"")))
+    reader.start()
     deadline = time.monotonic() + TIMEOUT
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(delay)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=TIMEOUT)
+    shown = re.compile(rb"\b(\d+)/%d \[" % total)
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(int(n) >= step for n in shown.findall(b"".join(chunks))):
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    process.wait(timeout=TIMEOUT)
+    reader.join()
+    stderr = b"".join(chunks).decode(errors="replace")
     assert process.returncode == 0 and "SIGTERM received" in stderr, stderr[-3000:]
     return int(stderr.split("saved a checkpoint at step ")[1].split(",")[0])
 
@@ -377,11 +385,10 @@ def test_a_run_resumed_after_sigterm_mid_window_logs_what_the_readme_says(austen
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     one_run = run_program(*pretraining_command(tmp_path, austen_tfrecords["train"], straight, *steps))
     assert one_run.returncode == 0, one_run.stderr[-3000:]
-    seconds_per_step = 4 / metrics_records(straight)[8]["sequences_per_second"]
-    for attempt in range(1, 4):  # until the stop lands mid-window (a signal's timing is not exact)
-        stopped_at = stop_with_sigterm_after_the_first_log(
+    for _ in range(3):  # until the stop lands mid-window (the bar may show a step late)
+        stopped_at = stop_with_sigterm_at_progress(
             [sys.executable, *pretraining_command(tmp_path, austen_tfrecords["train"], interrupted, *steps)],
-            interrupted, delay=(attempt + 0.5) * seconds_per_step)
+            step=5, total=16)
         if stopped_at % 4:
             break
         shutil.rmtree(interrupted)
