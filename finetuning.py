@@ -101,6 +101,7 @@ def add_optimisation_flags(group: argparse._ArgumentGroup, defaults: FineTuningC
     group.add_argument("--warmup_proportion", type=float, default=defaults.warmup_proportion,
                        help="fraction of the steps spent warming up")
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation, dropout and data order")
+    run_utils.add_divergence_flags(group)
 
 
 def add_output_flags(group: argparse._ArgumentGroup) -> None:
@@ -207,7 +208,8 @@ class FineTuningPlan:
         """Log every --log_freq steps, checkpoint after each epoch and at the end."""
         return training.TrainingPlan(last_step=self.total_steps, log_every=args.log_freq,
                                      checkpoint_every=self.steps_per_epoch,
-                                     sequences_per_step=self.sequences_per_step, description="fine-tuning")
+                                     sequences_per_step=self.sequences_per_step, description="fine-tuning",
+                                     max_consecutive_skipped_steps=args.max_consecutive_skipped_steps)
 
 
 def build_optimizer(args: argparse.Namespace, model: keras.Model, plan: FineTuningPlan) -> keras.optimizers.Optimizer:

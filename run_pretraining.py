@@ -161,7 +161,8 @@ def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = N
         last_step=args.num_train_steps if args.steps_this_run is None else min(args.num_train_steps,
                                                                              start + args.steps_this_run),
         log_every=args.log_freq, checkpoint_every=args.save_checkpoints_steps,
-        sequences_per_step=args.train_batch_size * args.gradient_accumulation_steps, description="pretraining")
+        sequences_per_step=args.train_batch_size * args.gradient_accumulation_steps, description="pretraining",
+        max_consecutive_skipped_steps=args.max_consecutive_skipped_steps)
     log = MetricsLog(args.log_dir, args.json_summary) if engine.is_chief else None
     try:
         with run_utils.stop_requests() as stop:

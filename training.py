@@ -18,14 +18,21 @@ Every optimizer step: `trainer.step` (micro-batches, gradient average over proce
 not finite); every `log_every` steps a log line; then all processes agree whether one of them
 received SIGTERM/SIGINT, so all stop after the same step with a checkpoint; a checkpoint at the
 plan's steps. Only the chief (rank 0) shows the progress bar.
+
+A diverged run stops with `TrainingDiverged` (one line, exit 1) and saves nothing more: when more
+than `plan.max_consecutive_skipped_steps` steps in a row are skipped (`SkippedSteps`), or when
+the weights are not finite at a save (`TrainingCheckpoint.save`). A checkpoint that falls due
+amid skipped steps waits for the first step that trains again, so a run that turns out to have
+diverged has not pushed a good checkpoint out of the kept ones with the weights it is stuck on.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 
 import keras
 import numpy as np
@@ -34,8 +41,27 @@ from tqdm import tqdm
 
 import distributed
 import optimization
+from safe_io import UserError
 
 logger = logging.getLogger(__name__)
+
+# More optimizer steps than this skipped in a row stop a run as diverged. float16's dynamic loss
+# scale starts at 2**15 and halves at each skipped step down to 1 (optimization.DynamicLossScale),
+# so bringing it down skips at most 15 steps in a row (5 in the tiny fp16 test); after that only
+# a jump of the gradients by a factor of 2**20 would skip 20 in a row. Without a loss scale no
+# skipped step is normal. 20 leaves fp16 room and stops a NaN run 21 steps after it turned.
+DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS = 20
+DIVERGENCE_FIXES = ("lower --learning_rate (or warm up longer), check the training data, or with --amp "
+                    "float16 try --amp_dtype bfloat16 or --no-amp")
+
+
+class TrainingDiverged(UserError):
+    """The loss or the weights stopped being finite; nothing more was saved."""
+
+
+def kept_checkpoint(newest: str | None) -> str:
+    """What a diverged run leaves, for its message."""
+    return f"the newest checkpoint, {newest}, is kept" if newest else "no checkpoint had been saved"
 
 
 # ----------------------------------------------------------------------------- plan and batches
@@ -50,6 +76,8 @@ class TrainingPlan:
     checkpoint_every: int  # a checkpoint every this many steps (e.g. an epoch), and at the last step
     sequences_per_step: int  # for the logged speed
     description: str = "training"  # the progress bar's label
+    # more skipped (non-finite) steps in a row than this stop the run as diverged
+    max_consecutive_skipped_steps: int = DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
 
     def logs_at(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.last_step
@@ -120,6 +148,41 @@ class LoopResult:
         return self.timed_steps * sequences_per_step / self.timed_seconds if self.timed_steps else None
 
 
+class SkippedSteps:
+    """The optimizer steps skipped because their gradients were not finite (weights, optimizer
+    slots and schedule unchanged): their number, the current run of them and the last finite
+    loss. A run of more than `limit` means the run has diverged: `record` raises."""
+
+    def __init__(self, limit: int, newest_checkpoint: Callable[[], str | None], loss_scaled: bool = False):
+        self.limit = limit
+        self.newest_checkpoint = newest_checkpoint  # for the message
+        self.loss_scaled = loss_scaled  # float16: skipped steps also bring the loss scale down
+        self.total = 0
+        self.in_a_row = 0
+        self.last_finite_loss: tuple[int, float] | None = None  # (step, loss)
+
+    def record(self, step: int, finite: bool, outputs: Sequence[Mapping[str, tf.Tensor]]) -> None:
+        """Count step `step` (1-based); raise TrainingDiverged after too many skipped in a row."""
+        loss = float(np.mean([float(micro["total_loss"]) for micro in outputs]))
+        if math.isfinite(loss):
+            self.last_finite_loss = (step, loss)
+        self.in_a_row = 0 if finite else self.in_a_row + 1
+        self.total += int(not finite)
+        if self.in_a_row > self.limit:
+            raise TrainingDiverged(self.message(step))
+
+    def message(self, step: int) -> str:
+        loss = ("no finite loss in this invocation" if self.last_finite_loss is None
+                else "the last finite loss {1:.4g} at step {0}".format(*self.last_finite_loss))
+        scale_hint = ("; if loss_scale was still falling in the log, raise --max_consecutive_skipped_steps"
+                      if self.loss_scaled else "")
+        return (f"step {step}: {self.in_a_row} optimizer steps in a row were skipped (steps "
+                f"{step - self.in_a_row + 1}-{step}: gradients not finite; {loss}), more than "
+                f"--max_consecutive_skipped_steps {self.limit}: the run has diverged. Stopped without saving a "
+                f"checkpoint (skipped steps leave the weights unchanged); {kept_checkpoint(self.newest_checkpoint())}. "
+                f"Fix: {DIVERGENCE_FIXES}{scale_hint}")
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def run_training_loop(trainer: optimization.Trainer, source: BatchSource, plan: TrainingPlan,
@@ -130,43 +193,52 @@ def run_training_loop(trainer: optimization.Trainer, source: BatchSource, plan: 
     a checkpoint."""
     metrics = metrics if metrics is not None else MeanOutputs()
     start = int(checkpoint.step.numpy())
-    window_start, window_steps, skipped, timed_steps, timed_seconds = time.perf_counter(), 0, 0, 0, 0.0
+    window_start, window_steps, timed_steps, timed_seconds = time.perf_counter(), 0, 0, 0.0
+    skipped = SkippedSteps(plan.max_consecutive_skipped_steps, checkpoint.newest,
+                           isinstance(trainer.loss_scale, optimization.DynamicLossScale))
     logged: dict[str, float] = {}
-    stopped_by = None
+    stopped_by, save_due = None, False
     bar = tqdm(total=plan.last_step, initial=start, desc=plan.description, unit="step", dynamic_ncols=True,
                disable=not engine.is_chief)
-    for step in range(start, plan.last_step):
-        step_start = time.perf_counter()
-        outputs, update = trainer.step(source.batches, step)
-        for micro_outputs in outputs:
-            metrics.update(micro_outputs)
-        skipped += int(not bool(update["finite"]))
-        if step > start:  # the first step of a process traces (and compiles) the graph
-            timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.perf_counter() - step_start
-        checkpoint.step.assign(step + 1)
-        window_steps += 1
-        bar.update(1)
-        if plan.logs_at(step + 1):
-            elapsed = time.perf_counter() - window_start
-            logged = {**metrics.result_and_reset(), "learning_rate": float(trainer.optimizer.learning_rate),
-                      "gradient_norm": float(update["gradient_norm"]), "loss_scale": float(trainer.loss_scale.value),
-                      "skipped_steps": skipped,
-                      "sequences_per_second": window_steps * plan.sequences_per_step / elapsed}
-            for hook in hooks:
-                hook.on_log(step + 1, logged)
-            bar.set_postfix(loss=f"{logged['total_loss']:.3f}")
-            window_start, window_steps = time.perf_counter(), 0
-        stopping = engine.agree(stop.signal_name is not None)  # every rank stops at the same step
-        if plan.saves_at(step + 1) or stopping:
-            path = checkpoint.save()
-            for hook in hooks:
-                hook.on_save(step + 1, path)
-        if stopping:
-            stopped_by = f"{stop.signal_name} received" if stop.signal_name else "another rank was stopped"
-            logger.warning("%s: saved a checkpoint at step %d, exiting", stopped_by, step + 1)
-            break
-    bar.close()
-    return LoopResult(int(checkpoint.step.numpy()), stopped_by, skipped, logged, timed_steps, timed_seconds)
+    try:  # (closed before an error is logged, which would otherwise be drawn over)
+        for step in range(start, plan.last_step):
+            step_start = time.perf_counter()
+            outputs, update = trainer.step(source.batches, step)
+            for micro_outputs in outputs:
+                metrics.update(micro_outputs)
+            skipped.record(step + 1, bool(update["finite"]), outputs)
+            if step > start:  # the first step of a process traces (and compiles) the graph
+                timed_steps, timed_seconds = timed_steps + 1, timed_seconds + time.perf_counter() - step_start
+            checkpoint.step.assign(step + 1)
+            window_steps += 1
+            bar.update(1)
+            if plan.logs_at(step + 1):
+                elapsed = time.perf_counter() - window_start
+                logged = {**metrics.result_and_reset(), "learning_rate": float(trainer.optimizer.learning_rate),
+                          "gradient_norm": float(update["gradient_norm"]),
+                          "loss_scale": float(trainer.loss_scale.value), "skipped_steps": skipped.total,
+                          "sequences_per_second": window_steps * plan.sequences_per_step / elapsed}
+                for hook in hooks:
+                    hook.on_log(step + 1, logged)
+                bar.set_postfix(loss=f"{logged['total_loss']:.3f}")
+                window_start, window_steps = time.perf_counter(), 0
+            stopping = engine.agree(stop.signal_name is not None)  # every rank stops at the same step
+            save_due = save_due or plan.saves_at(step + 1)
+            if stopping or step + 1 == plan.last_step or (save_due and not skipped.in_a_row):
+                if skipped.in_a_row:
+                    logger.warning("step %d: saving after %d skipped steps in a row (gradients not finite): if the "
+                                   "loss stays NaN, the run has diverged", step + 1, skipped.in_a_row)
+                save_due = False
+                path = checkpoint.save()
+                for hook in hooks:
+                    hook.on_save(step + 1, path)
+            if stopping:
+                stopped_by = f"{stop.signal_name} received" if stop.signal_name else "another rank was stopped"
+                logger.warning("%s: saved a checkpoint at step %d, exiting", stopped_by, step + 1)
+                break
+    finally:
+        bar.close()
+    return LoopResult(int(checkpoint.step.numpy()), stopped_by, skipped.total, logged, timed_steps, timed_seconds)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -182,6 +254,30 @@ def resolve_checkpoint(spec: str, default_directory: str) -> str:
     if not tf.io.gfile.exists(spec + ".index"):
         raise FileNotFoundError(f"checkpoint not found: {spec} (expected {spec}.index)")
     return spec
+
+
+class NonFiniteValues:
+    """Counts the NaN and infinite values of each variable in one graph call (a reduction per
+    variable, one transfer to the host): cheap enough to run before every checkpoint."""
+
+    def __init__(self, variables: Sequence[Any]):
+        self.variables = list(variables)
+        self.counts = tf.function(self._counts)
+
+    def _counts(self) -> tf.Tensor:
+        return tf.stack([tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(v)), tf.int64))
+                         for v in self.variables])
+
+    def first(self) -> tuple[str, int, int] | None:
+        """(path, non-finite values, size) of the first variable that holds any, else None."""
+        if not self.variables:
+            return None
+        counts = self.counts().numpy()
+        bad = np.flatnonzero(counts)
+        if not bad.size:
+            return None
+        variable = self.variables[bad[0]]
+        return optimization.variable_path(variable), int(counts[bad[0]]), int(np.prod(variable.shape))
 
 
 class TrainingCheckpoint:
@@ -224,6 +320,7 @@ class TrainingCheckpoint:
         self.own_directory = directory if self.rank == 0 else os.path.join(directory, f"rank{self.rank}")
         self.manager = (tf.train.CheckpointManager(self.checkpoint, self.own_directory, max_to_keep=keep)
                         if self.checkpoint is not None else None)
+        self.non_finite = NonFiniteValues(model.trainable_variables)
 
     def newest(self) -> str | None:
         """The newest checkpoint of this run (the chief's), or None."""
@@ -234,12 +331,24 @@ class TrainingCheckpoint:
         return path if self.rank == 0 else os.path.join(self.own_directory, os.path.basename(path))
 
     def save(self) -> str | None:
-        """Save at the current step; the path, or None on a rank that saves nothing."""
+        """Save at the current step; the path, or None on a rank that saves nothing. Weights that
+        are not finite raise TrainingDiverged first, on every rank (the ranks' weights are the
+        same): saving them would push the oldest good checkpoint out of the `keep` kept."""
+        self.check_weights_finite()
         if self.manager is None:
             return None
         path = self.manager.save(checkpoint_number=int(self.step.numpy()))
         logger.info("Saved checkpoint %s", path)
         return path
+
+    def check_weights_finite(self) -> None:
+        bad = self.non_finite.first()
+        if bad is not None:
+            name, count, size = bad
+            raise TrainingDiverged(
+                f"step {int(self.step.numpy())}: the weights are not finite ({name}: {count} of {size} values are "
+                f"NaN or infinite): the run has diverged. Refused to save a checkpoint; "
+                f"{kept_checkpoint(self.newest())}. Fix: {DIVERGENCE_FIXES}")
 
     def resume(self, path: str) -> None:
         """Continue the run that wrote checkpoint `path` (the chief's)."""

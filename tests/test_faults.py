@@ -4,6 +4,7 @@ vocabulary that does not fit the corpus is caught, and downloads never leave HTT
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -415,6 +416,67 @@ def test_a_run_resumed_after_sigterm_mid_window_logs_what_the_readme_says(austen
                 assert value == pytest.approx(expected[step][name], rel=1e-5, abs=1e-6), (step, name)
     # The stop was mid-window: the first window after the resume covers only the steps since it.
     assert logged[8]["total_loss"] != pytest.approx(expected[8]["total_loss"], rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- divergence (item 5)
+
+@pytest.mark.slow
+def test_a_diverging_pretraining_run_stops_with_one_line_and_keeps_the_good_checkpoint(built: dict[str, Path],
+                                                                                     tmp_path: Path):
+    """Two good steps, then the run resumed with --learning_rate 1e6: after a few applied steps
+    every step is skipped, and the 21st in a row stops it before the checkpoint of its last step
+    (40), so the good checkpoint stays byte-identical. (A checkpoint due amid skipped steps waits:
+    tests/test_training.py. One due after the applied steps with huge but finite weights would be
+    written: nothing tells those weights from good ones.)"""
+    import run_pretraining
+
+    tfrecords = str(built["output"] / "pretrain_data.tfrecord-*")
+    results = tmp_path / "run"
+    steps = ("--max_seq_length", "32", "--num_train_steps", "40", "--save_checkpoints_steps", "100")
+    good = pretraining_command(tmp_path, tfrecords, results, *steps, "--steps_this_run", "2")
+    assert run_pretraining.main(good[1:]) == 0
+    before = tree_bytes(results / "checkpoints")
+    assert sorted(before) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+    diverging = run_program(*pretraining_command(tmp_path, tfrecords, results, *steps, "--learning_rate", "1e6",
+                                                 "--restore_checkpoint", "latest"))
+    error = one_line_error(diverging)
+    assert re.search(r"step (\d+): 21 optimizer steps in a row were skipped \(steps \d+-\1: gradients not finite; "
+                     r"the last finite loss \S+ at step \d+\), more than --max_consecutive_skipped_steps 20: the run "
+                     r"has diverged. Stopped without saving a checkpoint", error), error
+    assert f"the newest checkpoint, {results / 'checkpoints' / 'ckpt-2'}, is kept. Fix: lower --learning_rate" in error
+    assert "Finished" not in diverging.stderr
+    assert tree_bytes(results / "checkpoints") == before
+
+
+def test_postprocess_refuses_a_checkpoint_whose_weights_are_not_finite(built: dict[str, Path], tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture):
+    """A real run's checkpoint with one weight made NaN by hand and written back under the name
+    the program reads it by (`model`); the program's own save now refuses such weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    import postprocess_pretrained_ckpt
+    import run_pretraining
+
+    results = tmp_path / "run"
+    command = pretraining_command(tmp_path, str(built["output"] / "pretrain_data.tfrecord-*"), results,
+                                  "--max_seq_length", "32", "--num_train_steps", "3", "--steps_this_run", "1")
+    assert run_pretraining.main(command[1:]) == 0
+    model = postprocess_pretrained_ckpt.restore_pretraining_model(str(results / "checkpoints" / "ckpt-1"))
+    kernel = model.generator.electra.encoder_layers[1].intermediate.kernel
+    kernel.assign(tf.tensor_scatter_nd_update(kernel, [[3, 5]], [float("nan")]))
+    size = int(np.prod(kernel.shape))
+    poisoned = str(results / "checkpoints" / "ckpt-2")
+    tf.train.Checkpoint(model=model).write(poisoned)
+    caplog.clear()
+    output = tmp_path / "exported"
+    with caplog.at_level(logging.ERROR):
+        assert postprocess_pretrained_ckpt.main(["--pretrained_checkpoint", poisoned, "--output_dir", str(output)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"{poisoned} (generator): tensor electra.encoder.layer.1.intermediate.dense.weight has 1 of {size} "
+                      "values that are NaN or infinite: the run that trained it diverged; refusing to write a model "
+                      "folder of it (export an earlier checkpoint, or train again with a lower --learning_rate)"]
+    assert not output.exists()  # the discriminator, checked first and finite, was not written either
 
 
 def test_staged_outputs_repair_what_a_run_killed_during_its_switch_left(tmp_path: Path):

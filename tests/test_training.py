@@ -4,10 +4,13 @@ uninterrupted one (dropout included)."""
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import distributed
@@ -62,23 +65,40 @@ class Recorder(training.LoopHook):
         self.saved.append((step, path))
 
 
-def run(directory: Path, last_step: int, hooks_for=lambda stop: [], init_seed: int = 0):
-    """A fresh model (weights from `init_seed`) trained by the loop from DIRECTORY's newest
-    checkpoint (if any) to `last_step`; returns the model, the loop's result and the hooks."""
+def poisoned(losses: dict[str, tf.Tensor], seed: tf.Tensor, bad_steps: Collection[int]) -> dict[str, tf.Tensor]:
+    """The loss times NaN at the (1-based) optimizer steps `bad_steps`, as a diverged model gives:
+    every gradient of those steps is NaN."""
+    bad = tf.reduce_any(tf.equal(seed[1] + 1, tf.constant(sorted(bad_steps), tf.int64)))
+    return {**losses, "total_loss": losses["total_loss"] * tf.where(bad, float("nan"), 1.0)}
+
+
+def model_and_trainer(init_seed: int = 0, bad_steps: Collection[int] = ()):
+    """A fresh model (weights from `init_seed`) and its training step (NaN at `bad_steps`)."""
     keras.utils.set_random_seed(init_seed)
     model = TinyRegressor()
     optimizer = optimization.create_optimizer(
         "adam", optimization.WarmupPolynomialDecay(0.05, 2, 12), weight_decay_rate=0.0, beta_1=0.9, beta_2=0.999,
         epsilon=1e-6, skip_adaptive=False)
     optimizer.build(model.trainable_variables)
-    trainer = run_utils.make_trainer(STEP_SETTINGS, lambda batch, seed, row: model.training_losses(batch),
+    trainer = run_utils.make_trainer(STEP_SETTINGS,
+                                     lambda batch, seed, row: poisoned(model.training_losses(batch), seed, bad_steps),
                                      model.trainable_variables, optimizer)
+    return model, trainer
+
+
+def run(directory: Path, last_step: int, hooks_for=lambda stop: [], init_seed: int = 0,
+        bad_steps: Collection[int] = (), **plan_settings):
+    """A fresh model (weights from `init_seed`) trained by the loop from DIRECTORY's newest
+    checkpoint (if any) to `last_step`; returns the model, the loop's result and the hooks.
+    `plan_settings` change the TrainingPlan's (a checkpoint every 4 steps)."""
+    model, trainer = model_and_trainer(init_seed, bad_steps)
     checkpoint = training.TrainingCheckpoint(str(directory), model, trainer, keep=10, total_steps=12)
     if checkpoint.newest():
         checkpoint.resume(checkpoint.newest())
     first_batch = int(checkpoint.step.numpy()) * STEP_SETTINGS.gradient_accumulation_steps
     source = training.BatchSource(finetuning.epoch_batches(regression_data(), BATCH, seed=5, first_batch=first_batch))
-    plan = training.TrainingPlan(last_step=last_step, log_every=3, checkpoint_every=4, sequences_per_step=2 * BATCH)
+    plan = training.TrainingPlan(last_step=last_step, log_every=3, sequences_per_step=2 * BATCH,
+                                 **{"checkpoint_every": 4, **plan_settings})
     stop = argparse.Namespace(signal_name=None)
     hooks = hooks_for(stop)
     result = training.run_training_loop(trainer, source, plan, checkpoint, distributed.SingleProcess(), stop,
@@ -113,3 +133,63 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path: 
     for ours, reference in zip(resumed.trainable_variables, straight.trainable_variables):
         np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6, atol=1e-7)
     assert not np.allclose(stopped.trainable_variables[0].numpy(), straight.trainable_variables[0].numpy())
+
+
+# ----------------------------------------------------------------------------- divergence
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_too_many_skipped_steps_in_a_row_stop_the_run_without_saving(tmp_path: Path):
+    """Steps 6 on are NaN: the checkpoint due at step 6 waits, and the 4th skipped step in a row
+    (more than 3) stops the run; the checkpoints of steps 2 and 4 are all there is."""
+    with pytest.raises(training.TrainingDiverged) as stopped:
+        run(tmp_path, last_step=12, bad_steps=range(6, 13), checkpoint_every=2, max_consecutive_skipped_steps=3)
+    message = str(stopped.value)
+    assert message.startswith("step 9: 4 optimizer steps in a row were skipped (steps 6-9: gradients not finite; "
+                              "the last finite loss ")
+    assert "at step 5), more than --max_consecutive_skipped_steps 3: the run has diverged" in message
+    assert f"the newest checkpoint, {tmp_path / 'ckpt-4'}, is kept" in message and "\n" not in message
+    assert "loss_scale" not in message  # float32: no loss scale to wait for
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
+                                                          "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+
+
+def test_a_checkpoint_due_amid_skipped_steps_waits_for_a_step_that_trains(tmp_path: Path, caplog):
+    """Step 4 is skipped: its checkpoint is saved after step 5. The last step is saved even when
+    skipped (the run's end), with a warning."""
+    with caplog.at_level(logging.WARNING, logger="training"):
+        _, result, hooks = run(tmp_path, last_step=8, hooks_for=lambda stop: [Recorder()], bad_steps={4, 8},
+                               checkpoint_every=2)
+    assert [step for step, _ in hooks[0].saved] == [2, 5, 6, 8]
+    assert result.step == 8 and result.skipped_steps == 2
+    assert "step 8: saving after 1 skipped steps in a row" in caplog.text
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path: Path):
+    model, trainer = model_and_trainer()
+    checkpoint = training.TrainingCheckpoint(str(tmp_path), model, trainer, keep=1)
+    checkpoint.step.assign(3)
+    good = checkpoint.save()
+    before = folder_bytes(tmp_path)
+    kernel = model.out.kernel
+    kernel.assign(tf.tensor_scatter_nd_update(kernel, [[2, 0]], [float("inf")]))
+    checkpoint.step.assign(4)
+    with pytest.raises(training.TrainingDiverged) as refused:
+        checkpoint.save()
+    assert str(refused.value).startswith(f"step 4: the weights are not finite ({optimization.variable_path(kernel)}: "
+                                         "1 of 8 values are NaN or infinite): the run has diverged. Refused to save")
+    assert f"the newest checkpoint, {good}, is kept" in str(refused.value)
+    assert folder_bytes(tmp_path) == before  # keep=1: a save would have deleted the good one
+
+
+def test_the_default_limit_lets_float16s_loss_scale_come_down_from_its_start():
+    """A healthy float16 run skips steps at its start until the scale fits its gradients: at
+    most one per halving from the initial scale to the minimum, fewer than the default limit."""
+    scale = optimization.DynamicLossScale()
+    halvings = 0
+    while float(scale.value) > scale.min_scale:
+        assert not bool(scale.update([tf.constant([np.inf])]))
+        halvings += 1
+    assert halvings == 15 < training.DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
