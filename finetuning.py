@@ -7,7 +7,8 @@
 - The run: `FineTuningPlan` (steps per epoch, total steps, warm-up), AdamW with layer-wise
   learning-rate decay and linear warm-up then linear decay (`build_optimizer`), and `fine_tune`,
   which trains with `training.run_training_loop`, checkpointing after each epoch in
-  OUTPUT_DIR/checkpoints and resuming from there when run again.
+  OUTPUT_DIR/checkpoints and resuming from there when run again (from the newest checkpoint
+  that reads fully: `training.TrainingCheckpoint.newest`).
 - Batches: `epoch_batches` (each rank's slice of every global batch, reshuffled each pass,
   starting at any step), `padded_rows` and `inference_speed` for prediction.
 

@@ -5,6 +5,10 @@ The architecture comes from the run's `run_config.json` (RESULTS_DIR/run_config.
 checkpoint RESULTS_DIR/checkpoints/ckpt-N), so any model size works. Only the model is read
 from the checkpoint (not the optimizer), every model variable must be found in it, and every
 weight must be finite (a diverged run's checkpoint is refused, nothing is written).
+
+A checkpoints folder gives its newest checkpoint that reads fully, with a warning naming each
+newer one passed over; a checkpoint that does not read fully is one error line naming its bad
+file. The checkpoints are only read, never moved or changed.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ PARTS = ("discriminator", "generator")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--pretrained_checkpoint", required=True,
-                        help="a checkpoint (RESULTS_DIR/checkpoints/ckpt-N) or a checkpoints folder (its newest)")
+                        help="a checkpoint (RESULTS_DIR/checkpoints/ckpt-N) or a checkpoints folder (its newest "
+                             "checkpoint that reads fully)")
     parser.add_argument("--output_dir", required=True, help="discriminator/ and generator/ are written here")
     parser.add_argument("--vocab_file", default=None, help="vocab.txt to copy into both folders")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,

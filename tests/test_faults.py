@@ -1,6 +1,7 @@
 """Faults and bad input: removals stay inside the folder a script owns, a failed rebuild keeps the
 previous dataset, bad input gives one line naming the file and the fix (never a traceback), a
-vocabulary that does not fit the corpus is caught, and downloads never leave HTTPS."""
+vocabulary that does not fit the corpus is caught, downloads never leave HTTPS, and a damaged
+newest checkpoint is passed over for the previous one (set aside, never deleted)."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ import requests
 import trustme
 
 import build_pretraining_dataset as bpd
+import damage
 import safe_io
 import tokenization
 
@@ -130,17 +132,23 @@ def build_command(corpus: Path, output: Path, vocab: Path = VOCAB) -> list[str]:
             "--vocab-file", str(vocab), "--num-out-files", "2", "--max-seq-length", "32"]
 
 
-@pytest.fixture
-def built(tmp_path: Path) -> dict[str, Path]:
-    """A corpus and the complete dataset built from it, with a file of the user's beside it."""
-    corpus, output = tmp_path / "corpus", tmp_path / "dataset"
+def build_small_dataset(folder: Path) -> dict[str, Path]:
+    """FOLDER/corpus (the start of Persuasion) and FOLDER/dataset, its TFRecords of length 32."""
+    corpus, output = folder / "corpus", folder / "dataset"
     corpus.mkdir()
     text = (REPO / "data" / "sample_corpus" / "austen" / "persuasion.txt").read_text(encoding="utf-8")
     (corpus / "a.txt").write_text("\n".join(" ".join(text[i:i + 300].split()) for i in range(0, 60_000, 300)),
                                   encoding="utf-8")
     assert bpd.main(build_command(corpus, output)[1:]) == 0
-    (output / "notes.txt").write_text("the user's own file")
     return {"corpus": corpus, "output": output}
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> dict[str, Path]:
+    """A corpus and the complete dataset built from it, with a file of the user's beside it."""
+    dataset = build_small_dataset(tmp_path)
+    (dataset["output"] / "notes.txt").write_text("the user's own file")
+    return dataset
 
 
 def test_a_failed_rebuild_leaves_the_previous_dataset_byte_identical(built: dict[str, Path], tmp_path: Path):
@@ -527,3 +535,84 @@ def test_a_failed_formatting_keeps_the_previous_formatted_text_and_shards(tmp_pa
     before = tree_bytes(data_dir)
     assert data_prep("text_formatting", "--input_files", str(bad)) == 1
     assert tree_bytes(data_dir) == before
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints (issue 12, item 4)
+
+DAMAGE_RUN_STEPS = ("--max_seq_length", "32", "--num_train_steps", "8", "--save_checkpoints_steps", "4",
+                    "--log_freq", "4")
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A pretraining run of 8 steps with checkpoints at steps 4 and 8, to copy and damage:
+    {"folder": where the config files go, "tfrecords": glob, "results": the run's results}."""
+    folder = tmp_path_factory.mktemp("two_checkpoints")
+    tfrecords = str(build_small_dataset(folder)["output"] / "pretrain_data.tfrecord-*")
+    results = folder / "results"
+    process = run_program(*pretraining_command(folder, tfrecords, results, *DAMAGE_RUN_STEPS))
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert sorted(p.name for p in (results / "checkpoints").glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-8.index"]
+    return {"folder": folder, "tfrecords": Path(tfrecords), "results": results}
+
+
+def copied_run(two_checkpoints: dict[str, Path], tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    shutil.copytree(two_checkpoints["results"], results)
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["truncated index", "flipped data bytes", "deleted data"])
+def test_latest_resumes_the_previous_checkpoint_when_the_newest_is_damaged(kind: str, two_checkpoints, tmp_path: Path):
+    """The resumed run warns naming the damaged file, trains steps 5-8 again and ends with the
+    weights of the uninterrupted run; the damaged checkpoint is kept, set aside."""
+    results = copied_run(two_checkpoints, tmp_path)
+    checkpoints = results / "checkpoints"
+    bad_file = damage.damage(checkpoints / "ckpt-8", kind)
+    damaged = damage.files_of(checkpoints / "ckpt-8")
+    resumed = run_program(*pretraining_command(two_checkpoints["folder"], str(two_checkpoints["tfrecords"]), results,
+                                               *DAMAGE_RUN_STEPS, "--restore_checkpoint", "latest"))
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert f"WARNING training: checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in resumed.stderr
+    assert f"Resumed from {checkpoints / 'ckpt-4'} at step 4" in resumed.stderr
+    assert "Finished at step 8" in resumed.stderr
+    uninterrupted = checkpoint_tensors(two_checkpoints["results"] / "checkpoints" / "ckpt-8")
+    assert len(uninterrupted) > 50
+    damage.assert_same_tensors(checkpoint_tensors(checkpoints / "ckpt-8"), uninterrupted)
+    aside = list(checkpoints.glob("unreadable-*"))
+    assert len(aside) == 1 and damage.files_of(aside[0] / "ckpt-8") == damaged
+
+
+@pytest.mark.slow
+def test_latest_with_every_checkpoint_damaged_is_one_line_naming_the_files(two_checkpoints, tmp_path: Path):
+    results = copied_run(two_checkpoints, tmp_path)
+    checkpoints = results / "checkpoints"
+    bad_files = [damage.damage(checkpoints / "ckpt-8", "truncated index"),
+                 damage.damage(checkpoints / "ckpt-4", "truncated data")]
+    before = tree_bytes(results)
+    error = one_line_error(run_program(*pretraining_command(
+        two_checkpoints["folder"], str(two_checkpoints["tfrecords"]), results, *DAMAGE_RUN_STEPS,
+        "--restore_checkpoint", "latest")))
+    assert f"no checkpoint in {checkpoints} reads fully: {bad_files[0]} (" in error
+    assert f"; {bad_files[1]} (" in error
+    assert tree_bytes(results) == before
+
+
+@pytest.mark.slow
+def test_postprocess_passes_over_a_damaged_newest_checkpoint_and_names_a_damaged_explicit_one(
+        two_checkpoints, tmp_path: Path):
+    results = copied_run(two_checkpoints, tmp_path)
+    checkpoints = results / "checkpoints"
+    bad_file = damage.damage(checkpoints / "ckpt-8", "flipped data bytes")
+    before = tree_bytes(results)
+    from_folder = run_program("postprocess_pretrained_ckpt.py", "--pretrained_checkpoint", str(checkpoints),
+                              "--output_dir", str(tmp_path / "from_folder"))
+    assert from_folder.returncode == 0, from_folder.stderr[-3000:]
+    assert f"WARNING training: checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in from_folder.stderr
+    assert f"Wrote the discriminator of {checkpoints / 'ckpt-4'}" in from_folder.stderr
+    error = one_line_error(run_program("postprocess_pretrained_ckpt.py", "--pretrained_checkpoint",
+                                       str(checkpoints / "ckpt-8"), "--output_dir", str(tmp_path / "explicit")))
+    assert f"checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in error
+    assert not (tmp_path / "explicit").exists()
+    assert tree_bytes(results) == before  # converting moves nothing

@@ -1,7 +1,8 @@
 """run_tf_glue.py end to end on the Austen demonstration tasks (data/austen_glue_tasks.py): a small
 model from random weights learns each task well above chance on held-out chapters; the fine-tuned
 folder predicts the same without training, opens in transformers with the same logits, and
-classifies one text with run_glue_inference.py; the launcher; bad inputs give one-line errors."""
+classifies one text with run_glue_inference.py; the launcher; bad inputs give one-line errors; a
+damaged newest checkpoint is passed over when the run resumes."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import pytest
 import torch
 import transformers
 
+import damage
 import glue_utils
 import run_glue_inference
 import run_tf_glue
@@ -231,3 +233,40 @@ def test_glue_layout_gives_both_mnli_dev_sets_and_all_three_submission_files(aus
         "--train_batch_size", "8", "--max_seq_length", "48")))
     assert again["train_steps"] == 2
     assert json.loads((output / "eval_results.json").read_text()) == results
+
+
+def test_a_resumed_fine_tuning_passes_over_a_damaged_newest_checkpoint(small_discriminator: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Two epochs of 4 steps (checkpoints 4 and 8); ckpt-8 damaged: the same command warns naming
+    the file, trains from ckpt-4 to the uninterrupted run's ckpt-8, and keeps the damaged one set
+    aside. With every checkpoint damaged: one error line naming them."""
+    data = tmp_path / "task"
+    data.mkdir()
+    words = ["pride", "prejudice", "sense", "sensibility"]
+    (data / "train.tsv").write_text("text_a\tlabel\n" + "".join(
+        f"{words[i % 4]} and {words[(i * 3) % 4]} chapter {i}\t{'yes' if i % 3 else 'no'}\n" for i in range(16)))
+    output = tmp_path / "run"
+    argv = glue_args("mine", data, output, small_discriminator, "--do_train", "--train_batch_size", "4",
+                     "--num_train_epochs", "2", "--max_seq_length", "16", "--log_freq", "2")
+    assert run_tf_glue.main(argv) == 0
+    checkpoints = output / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-8.index"]
+    uninterrupted = damage.checkpoint_tensors(checkpoints / "ckpt-8")
+    bad_file = damage.damage(checkpoints / "ckpt-8", "truncated data")
+    damaged = damage.files_of(checkpoints / "ckpt-8")
+
+    with caplog.at_level(logging.INFO):
+        assert run_tf_glue.main(argv) == 0
+    assert f"checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in caplog.text
+    assert f"Resumed from {checkpoints / 'ckpt-4'} at step 4" in caplog.text
+    damage.assert_same_tensors(damage.checkpoint_tensors(checkpoints / "ckpt-8"), uninterrupted)
+    assert damage.files_of(next(checkpoints.glob("unreadable-*")) / "ckpt-8") == damaged
+
+    bad_files = [damage.damage(checkpoints / name, "truncated index") for name in ("ckpt-8", "ckpt-4")]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert run_tf_glue.main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(f"no checkpoint in {checkpoints} reads fully: {bad_files[0]} (")
+    assert f"; {bad_files[1]} (" in errors[0]

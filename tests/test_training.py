@@ -1,18 +1,21 @@
 """training.py, the loop every training program runs, on a small regression model: when it logs
-and checkpoints, the hooks it calls, and a stopped and resumed run ending with the weights of an
-uninterrupted one (dropout included)."""
+and checkpoints, the hooks it calls, a stopped and resumed run ending with the weights of an
+uninterrupted one (dropout included), and damaged checkpoints: the newest that reads is resumed,
+the others are set aside, never deleted, and the choice is the chief's on every rank."""
 from __future__ import annotations
 
 import argparse
 import logging
 from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import damage
 import distributed
 import finetuning
 import optimization
@@ -72,8 +75,11 @@ def poisoned(losses: dict[str, tf.Tensor], seed: tf.Tensor, bad_steps: Collectio
     return {**losses, "total_loss": losses["total_loss"] * tf.where(bad, float("nan"), 1.0)}
 
 
-def model_and_trainer(init_seed: int = 0, bad_steps: Collection[int] = ()):
-    """A fresh model (weights from `init_seed`) and its training step (NaN at `bad_steps`)."""
+def tiny_run(directory: Path, init_seed: int = 0, engine: distributed.SingleProcess | None = None,
+             input_state: Any = None, bad_steps: Collection[int] = (), keep: int = 10
+             ) -> tuple[TinyRegressor, optimization.Trainer, training.TrainingCheckpoint]:
+    """A fresh model (weights from `init_seed`), its trainer (NaN at `bad_steps`) and its
+    checkpoint in DIRECTORY."""
     keras.utils.set_random_seed(init_seed)
     model = TinyRegressor()
     optimizer = optimization.create_optimizer(
@@ -83,7 +89,9 @@ def model_and_trainer(init_seed: int = 0, bad_steps: Collection[int] = ()):
     trainer = run_utils.make_trainer(STEP_SETTINGS,
                                      lambda batch, seed, row: poisoned(model.training_losses(batch), seed, bad_steps),
                                      model.trainable_variables, optimizer)
-    return model, trainer
+    checkpoint = training.TrainingCheckpoint(str(directory), model, trainer, keep=keep, engine=engine,
+                                             input_state=input_state, total_steps=12)
+    return model, trainer, checkpoint
 
 
 def run(directory: Path, last_step: int, hooks_for=lambda stop: [], init_seed: int = 0,
@@ -91,10 +99,10 @@ def run(directory: Path, last_step: int, hooks_for=lambda stop: [], init_seed: i
     """A fresh model (weights from `init_seed`) trained by the loop from DIRECTORY's newest
     checkpoint (if any) to `last_step`; returns the model, the loop's result and the hooks.
     `plan_settings` change the TrainingPlan's (a checkpoint every 4 steps)."""
-    model, trainer = model_and_trainer(init_seed, bad_steps)
-    checkpoint = training.TrainingCheckpoint(str(directory), model, trainer, keep=10, total_steps=12)
-    if checkpoint.newest():
-        checkpoint.resume(checkpoint.newest())
+    model, trainer, checkpoint = tiny_run(directory, init_seed, bad_steps=bad_steps)
+    path = checkpoint.newest()
+    if path is not None:
+        checkpoint.resume(path)
     first_batch = int(checkpoint.step.numpy()) * STEP_SETTINGS.gradient_accumulation_steps
     source = training.BatchSource(finetuning.epoch_batches(regression_data(), BATCH, seed=5, first_batch=first_batch))
     plan = training.TrainingPlan(last_step=last_step, log_every=3, sequences_per_step=2 * BATCH,
@@ -168,8 +176,7 @@ def test_a_checkpoint_due_amid_skipped_steps_waits_for_a_step_that_trains(tmp_pa
 
 
 def test_weights_that_are_not_finite_are_never_saved(tmp_path: Path):
-    model, trainer = model_and_trainer()
-    checkpoint = training.TrainingCheckpoint(str(tmp_path), model, trainer, keep=1)
+    model, _, checkpoint = tiny_run(tmp_path, keep=1)
     checkpoint.step.assign(3)
     good = checkpoint.save()
     before = folder_bytes(tmp_path)
@@ -193,3 +200,110 @@ def test_the_default_limit_lets_float16s_loss_scale_come_down_from_its_start():
         assert not bool(scale.update([tf.constant([np.inf])]))
         halvings += 1
     assert halvings == 15 < training.DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+
+def weights(model: keras.Model) -> dict[str, np.ndarray]:
+    return {str(i): v.numpy() for i, v in enumerate(model.trainable_variables)}
+
+
+@pytest.mark.parametrize("kind", sorted(damage.DAMAGES))
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(kind: str, tmp_path: Path, caplog):
+    """A run with checkpoints 4 and 8 whose ckpt-8 is damaged resumes from ckpt-4 with a warning
+    naming the file, ends with an uninterrupted run's weights, and keeps the damaged files, moved
+    aside and forgotten by the CheckpointState, instead of writing its own ckpt-8 over them."""
+    straight, _, _ = run(tmp_path / "straight", last_step=12)
+    directory = tmp_path / "damaged"
+    run(directory, last_step=8)
+    bad_file = damage.damage(directory / "ckpt-8", kind)
+    damaged = damage.files_of(directory / "ckpt-8")
+    with caplog.at_level(logging.WARNING, logger="training"):
+        resumed, result, _ = run(directory, last_step=12, init_seed=99)
+    assert f"checkpoint {directory / 'ckpt-8'} is unreadable: {bad_file} (" in caplog.text
+    assert f"using the previous one, {directory / 'ckpt-4'}" in caplog.text
+    assert result.step == 12
+    damage.assert_same_tensors(weights(resumed), weights(straight), atol=1e-7)
+    aside = list(directory.glob("unreadable-*"))
+    assert len(aside) == 1 and damage.files_of(aside[0] / "ckpt-8") == damaged
+    state = tf.train.get_checkpoint_state(str(directory))
+    assert [Path(p).name for p in state.all_model_checkpoint_paths] == ["ckpt-4", "ckpt-8", "ckpt-12"]
+    assert training.checkpoint_problem(str(directory / "ckpt-8")) is None  # saved anew
+
+
+def test_when_no_checkpoint_reads_one_error_names_the_folder_and_every_bad_file(tmp_path: Path):
+    run(tmp_path, last_step=8)
+    bad_files = [damage.damage(tmp_path / "ckpt-8", "truncated index"),
+                 damage.damage(tmp_path / "ckpt-4", "flipped data bytes")]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(training.UnreadableCheckpoint) as error:
+        run(tmp_path, last_step=12)
+    message = str(error.value)
+    assert message.startswith(f"no checkpoint in {tmp_path} reads fully: {bad_files[0]} (")
+    assert f"; {bad_files[1]} (" in message and "\n" not in message
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing moved or deleted
+
+
+def test_choose_checkpoint_takes_a_folders_newest_readable_one_but_refuses_an_unreadable_path(tmp_path: Path,
+                                                                                              caplog):
+    run(tmp_path, last_step=8)
+    bad_file = damage.damage(tmp_path / "ckpt-8", "truncated data")
+    for spec in ("latest", str(tmp_path)):
+        assert training.choose_checkpoint(spec, str(tmp_path)).path == str(tmp_path / "ckpt-4")
+    assert f"unreadable: {bad_file} (OutOfRangeError: Read less bytes than requested)" in caplog.text
+    with pytest.raises(training.UnreadableCheckpoint, match=f"checkpoint {tmp_path / 'ckpt-8'} is unreadable: "
+                                                            f"{bad_file} \\(OutOfRangeError"):
+        training.choose_checkpoint(str(tmp_path / "ckpt-8"), str(tmp_path))
+    assert (tmp_path / "ckpt-8.index").exists()  # choosing alone moves nothing
+
+
+class TwoRanksInOneProcess(distributed.SingleProcess):
+    """Rank `rank` of 2: the chief's broadcasts go to `channel`, rank 1 receives them in order."""
+
+    def __init__(self, rank: int, channel: list):
+        super().__init__()
+        self.rank, self.size, self.channel, self.received = rank, 2, channel, 0
+
+    def broadcast_from_chief(self, variables) -> None:
+        if self.is_chief:
+            self.channel.append([v.numpy() for v in variables])
+            return
+        for variable, value in zip(variables, self.channel[self.received]):
+            variable.assign(value)
+        self.received += 1
+
+
+def save_at(checkpoint: training.TrainingCheckpoint, *steps: int) -> None:
+    for step in steps:
+        checkpoint.step.assign(step)
+        checkpoint.save()
+
+
+def test_every_rank_resumes_the_checkpoint_the_chief_chose_and_its_parts_are_set_aside_together(tmp_path: Path):
+    channel: list = []
+    ranks = [tiny_run(tmp_path, engine=TwoRanksInOneProcess(rank, channel),
+                      input_state=iter(tf.data.Dataset.range(100)))[2] for rank in (0, 1)]
+    for checkpoint in ranks:
+        save_at(checkpoint, 4, 8)
+    assert (tmp_path / "rank1" / "ckpt-8.index").exists()
+    damage.damage(tmp_path / "ckpt-8", "flipped data bytes")
+    # Rank 1 reads none of the chief's files to choose: it takes what the chief sends.
+    chosen = [checkpoint.choose("latest") for checkpoint in ranks]
+    assert chosen == [str(tmp_path / "ckpt-4")] * 2
+    aside = next(tmp_path.glob("unreadable-*"))
+    assert sorted(str(p.relative_to(aside)) for p in aside.rglob("*.index")) == ["ckpt-8.index", "rank1/ckpt-8.index"]
+    for folder in (tmp_path, tmp_path / "rank1"):
+        state = tf.train.get_checkpoint_state(str(folder))
+        assert [Path(p).name for p in state.all_model_checkpoint_paths] == ["ckpt-4"]
+    ranks[1].resume(chosen[1])
+    assert int(ranks[1].step.numpy()) == 4
+
+    bad_part = damage.damage(tmp_path / "rank1" / "ckpt-4", "truncated index")
+    with pytest.raises(training.UnreadableCheckpoint, match=f"rank 1's part of checkpoint {chosen[1]} is "
+                                                            f"unreadable: {bad_part}"):
+        ranks[1].resume(chosen[1])
+    damage.damage(tmp_path / "ckpt-4", "truncated index")
+    with pytest.raises(training.UnreadableCheckpoint, match=f"no checkpoint in {tmp_path} reads fully"):
+        ranks[0].choose("latest")
+    with pytest.raises(training.UnreadableCheckpoint, match="rank 1: rank 0 found no checkpoint"):
+        ranks[1].choose("latest")
