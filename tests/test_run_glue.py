@@ -120,6 +120,23 @@ def run_glue_inference_tokenizer(model_dir: Path):
     return WordPieceTokenizer(str(model_dir / "vocab.txt"))
 
 
+def test_overlap_pairs_b_has_the_shape_of_its_carrier_sentence_and_a_run_of_a() -> None:
+    """austen-overlap's mixed pairs: B's length, opening and final punctuation are the carrier's,
+    whatever share of A it takes, so no surface feature of B alone tells the target."""
+    first, carrier = "Emma laughed at the idea, and said no more.", '"Why should we go to Bath in winter?" asked Anne.'
+    words_of = austen_glue_tasks.CARRIER_WORD.findall
+    builder = austen_glue_tasks.TaskBuilder([austen_glue_tasks.Chapter("emma", [first, carrier])],
+                                            np.random.default_rng(0), 1, 40)
+    vocabulary, taken = set(words_of(first.lower())), set()
+    for _ in range(30):
+        second = builder.mixed_sentence(first, carrier)
+        assert len(words_of(second)) == len(words_of(carrier)) and second[-1] == "." and second[:2].istitle()
+        from_first = [w.lower() for w in words_of(second) if w.lower() in vocabulary]
+        assert " ".join(from_first) in " ".join(words_of(first.lower()))  # one run of A, in A's order
+        taken.add(len(from_first))
+    assert len(taken) > 3 and max(taken) <= len(words_of(first))
+
+
 def test_bad_inputs_are_one_line_errors(austen_tasks: Path, small_discriminator: Path, tmp_path: Path,
                                         caplog: pytest.LogCaptureFixture) -> None:
     broken = tmp_path / "broken"
