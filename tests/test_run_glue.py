@@ -36,14 +36,16 @@ TRAIN_FLAGS = ["--max_seq_length", "64", "--train_batch_size", "32", "--learning
                "--predict_batch_size", "200"]
 # Steps and the held-out score each task must beat: chance plus 5 standard deviations of what
 # chance gives on 600 dev examples (an accuracy of 1/6 +- 0.015, a correlation of 0 +- 0.041).
-# (austen-next does not learn from random weights in a CPU budget: see docs/glue.md.)
-DEMONSTRATIONS = {"austen-novel": (600, "accuracy", 0.24), "austen-overlap": (400, "pearson", 0.2)}
+# austen-next is not among them: from random weights its training loss stays at ln 2 in a few
+# hundred steps however its negatives are drawn (docs/glue.md lists what was tried).
+DEMONSTRATIONS = {"austen-novel": (600, "accuracy", 0.24), "austen-overlap": (800, "pearson", 0.2)}
 
 
 @pytest.fixture(scope="module")
 def austen_tasks(tmp_path_factory: pytest.TempPathFactory, sample_corpus_dir: Path) -> Path:
     folder = tmp_path_factory.mktemp("austen_tasks")
-    assert austen_glue_tasks.main(["--corpus-dir", str(sample_corpus_dir), "--output-dir", str(folder)]) == 0
+    assert austen_glue_tasks.main(["--corpus-dir", str(sample_corpus_dir), "--output-dir", str(folder),
+                                   "--train-examples", "10000"]) == 0  # austen-overlap needs more than 3000
     return folder
 
 
@@ -120,6 +122,23 @@ def run_glue_inference_tokenizer(model_dir: Path):
     from tokenization import WordPieceTokenizer
 
     return WordPieceTokenizer(str(model_dir / "vocab.txt"))
+
+
+def test_overlap_pairs_b_has_the_shape_of_its_carrier_sentence_and_a_run_of_a() -> None:
+    """austen-overlap's mixed pairs: B's length, opening and final punctuation are the carrier's,
+    whatever share of A it takes, so no surface feature of B alone tells the target."""
+    first, carrier = "Emma laughed at the idea, and said no more.", '"Why should we go to Bath in winter?" asked Anne.'
+    words_of = austen_glue_tasks.CARRIER_WORD.findall
+    builder = austen_glue_tasks.TaskBuilder([austen_glue_tasks.Chapter("emma", [first, carrier])],
+                                            np.random.default_rng(0), 1, 40)
+    vocabulary, taken = set(words_of(first.lower())), set()
+    for _ in range(30):
+        second = builder.mixed_sentence(first, carrier)
+        assert len(words_of(second)) == len(words_of(carrier)) and second[-1] == "." and second[:2].istitle()
+        from_first = [w.lower() for w in words_of(second) if w.lower() in vocabulary]
+        assert " ".join(from_first) in " ".join(words_of(first.lower()))  # one run of A, in A's order
+        taken.add(len(from_first))
+    assert len(taken) > 3 and max(taken) <= len(words_of(first))
 
 
 def test_bad_inputs_are_one_line_errors(austen_tasks: Path, small_discriminator: Path, tmp_path: Path,
