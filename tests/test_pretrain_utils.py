@@ -1,4 +1,5 @@
-"""Tests of the pretraining input pipeline, dynamic masking, generator sampling and labels.
+"""Tests of the pretraining input pipeline (unreadable records included), dynamic masking,
+generator sampling and labels.
 
 Statistical tests use fixed seeds, so they are deterministic; their thresholds (4 sigma,
 chi-square p-value 1e-3) are what a correct implementation passes with a random seed too.
@@ -13,6 +14,8 @@ import tensorflow as tf
 
 import pretrain_utils as pu
 from safe_io import UserError
+from damaged_tfrecords import damage
+from tfrecord_format import RecordState
 
 CLS, SEP, MASK = pu.CLS_ID, pu.SEP_ID, pu.MASK_ID
 P_VALUE_THRESHOLD = 1e-3
@@ -549,3 +552,47 @@ def test_restored_iterator_continues_where_it_was_saved(shards, tmp_path):
     assert_same_batches(take_batches(restored, 11), continued)
     fresh_start = take_batches(new_iterator(), 1)[0]
     assert not np.array_equal(fresh_start["input_ids"], continued[0]["input_ids"]), "restore had no effect"
+
+
+# ----------------------------------------------------------------------------- unreadable records
+
+def read_all(path: str) -> tuple[int, tf.errors.DataLossError | None]:
+    """The records TensorFlow's reader reads from a file, and the error it stops with."""
+    count = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            count += 1
+    except tf.errors.DataLossError as error:
+        return count, error
+    return count, None
+
+
+DAMAGE_FOUND = {"data flipped": RecordState.BAD_CHECKSUM, "checksum flipped": RecordState.BAD_CHECKSUM,
+                "length flipped": RecordState.BAD_HEADER, "data cut": RecordState.CUT_SHORT}
+
+
+@pytest.mark.parametrize("how", DAMAGE_FOUND)
+def test_the_record_a_reader_rejects_is_named_with_its_file(tmp_path, how):
+    files = pu.list_pretraining_files(write_shards(tmp_path, NUM_FILES))  # records at the same offsets in each
+    start = damage(Path(files[2]), 4, how)
+    count, error = read_all(files[2])
+    assert count == 4 and "record at" in error.message and files[2] not in error.message  # TensorFlow names no file
+    assert pu.find_bad_records(files, error.message) == [pu.BadRecord(files[2], 4, start, DAMAGE_FOUND[how])]
+    assert pu.describe_reader_error(files, error) == f"{files[2]}: record 4 (at byte {start}) {DAMAGE_FOUND[how].value}"
+
+
+def test_a_file_cut_inside_a_record_header_reads_as_a_shorter_file(tmp_path):
+    """Nothing tells it from a file that ends there: the reader stops silently (docs/troubleshooting.md)."""
+    path = tmp_path / "pretrain_data.tfrecord-0-of-1"
+    write_records(path, range(RECORDS_PER_FILE), SEQ_LENGTH)
+    damage(path, 4, "header cut")
+    assert read_all(str(path)) == (4, None)
+
+
+def test_an_error_no_file_explains_says_so(tmp_path):
+    files = pu.list_pretraining_files(write_shards(tmp_path, 2))
+    error = tf.errors.DataLossError(None, None, "corrupted record at 999")
+    assert pu.find_bad_records(files, error.message) == []
+    assert pu.describe_reader_error(files, error).startswith(
+        'the TFRecord reader reported "corrupted record at 999", but none of the 2 files this process reads has a '
+        "bad record there now")
