@@ -6,6 +6,7 @@ chi-square p-value 1e-3) are what a correct implementation passes with a random 
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import pytest
 import tensorflow as tf
 
 import pretrain_utils as pu
+import pretraining
+import training
 from safe_io import UserError
 from damaged_tfrecords import damage
 from tfrecord_format import RecordState
@@ -596,3 +599,59 @@ def test_an_error_no_file_explains_says_so(tmp_path):
     assert pu.describe_reader_error(files, error).startswith(
         'the TFRecord reader reported "corrupted record at 999", but none of the 2 files this process reads has a '
         "bad record there now")
+
+
+def record_source(pattern: str, files: list[str], skip: bool) -> pretraining.RecordBatchSource:
+    iterator = iter(pu.pretraining_dataset(pattern, 2, SEQ_LENGTH, seed=1, shuffle_buffer=4))
+    return pretraining.RecordBatchSource(iterator, files=files, skip_bad_records=skip)
+
+
+def test_a_bad_record_stops_the_source_naming_it(tmp_path):
+    pattern = write_shards(tmp_path, NUM_FILES)
+    files = pu.list_pretraining_files(pattern)
+    start = damage(Path(files[1]), 3, "data cut")
+    source = record_source(pattern, files, skip=False)
+    reads = [source.read_step(2) for _ in range(5)]  # an epoch: 24 - 3 records in 4-record steps
+    stops = [bad for _, bad in reads if bad is not None]
+    assert stops[0] == training.BadInput(f"{files[1]}: record 3 (at byte {start}) is cut short (the file ends inside "
+                                         "it)", pretraining.BAD_RECORD_FIX)
+
+
+def test_with_skip_bad_records_the_rest_of_the_file_is_skipped_each_epoch_with_a_warning(tmp_path, caplog):
+    pattern = write_shards(tmp_path, NUM_FILES)
+    files = pu.list_pretraining_files(pattern)
+    start = damage(Path(files[1]), 3, "data flipped")  # file 1 holds ids 6-11: 9, 10 and 11 are never read
+    source = record_source(pattern, files, skip=True)
+    seen = set()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(15):  # three epochs
+            batches, bad = source.read_step(2)
+            assert bad is None and len(batches) == 2
+            seen |= {int(i) - 1000 for batch in batches for i in batch["input_ids"][:, 1]}
+    assert seen == set(range(NUM_FILES * RECORDS_PER_FILE)) - {9, 10, 11}
+    warning = (f"skipping {files[1]}: record 3 (at byte {start}) is corrupt (its data does not match its checksum), "
+               "and the rest of that file this epoch (--skip_bad_records)")
+    assert caplog.messages.count(warning) == 3
+
+
+def test_skipping_gives_up_when_no_batch_can_be_read(tmp_path):
+    """Each file has one good record, fewer than a batch: every batch meets an error (and is
+    dropped), so skipping would go on forever."""
+    pattern = write_shards(tmp_path, 1)
+    files = pu.list_pretraining_files(pattern)
+    start = damage(Path(files[0]), 1, "data cut")
+    iterator = iter(pu.pretraining_dataset(pattern, 2, SEQ_LENGTH, seed=1, shuffle_buffer=4))
+    source = pretraining.RecordBatchSource(iterator, files=files, skip_bad_records=True)
+    assert source.read_step(1) == ([], training.BadInput(
+        f"{files[0]}: record 1 (at byte {start}) is cut short (the file ends inside it), and 3 bad records in a row "
+        "gave no batch", pretraining.REBUILD_FIX))
+
+
+def test_files_without_a_readable_record_stop_the_source(tmp_path):
+    pattern = write_shards(tmp_path, 2)
+    files = pu.list_pretraining_files(pattern)
+    for path in files:
+        damage(Path(path), 0, "data cut")
+    batches, bad = record_source(pattern, files, skip=True).read_step(1)
+    assert batches == [] and bad == training.BadInput(
+        "none of the 2 pretraining files this process reads holds a readable record", pretraining.REBUILD_FIX)
