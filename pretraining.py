@@ -23,9 +23,9 @@ from modeling import ElectraPretrainingModel
 from safe_io import UserError
 
 logger = logging.getLogger(__name__)
-BAD_RECORD_FIX = ("rebuild that file with build_pretraining_dataset.py (or copy it again) and resume with "
-                  "--restore_checkpoint latest, or resume with --skip_bad_records to skip from that record to the "
-                  "end of its file each epoch")
+BAD_RECORD_FIX = ("rebuild that file (the same build_pretraining_dataset.py command writes the same files) or copy "
+                  "it again, then resume with --restore_checkpoint latest; or resume with --skip_bad_records to skip "
+                  "from that record to the end of its file each epoch")
 REBUILD_FIX = "rebuild the pretraining files with build_pretraining_dataset.py"
 
 

@@ -423,8 +423,8 @@ def test_a_run_resumed_after_sigterm_mid_window_logs_what_the_readme_says(austen
 BAD_RECORD_RUN = ("--max_seq_length", "32", "--num_train_steps", "30", "--save_checkpoints_steps", "8",
                   "--log_freq", "4")
 DAMAGED_RECORD = 90  # of the 100 in file 1 of `built`: the run meets it at step 20 of 30
-BAD_RECORD_FIX = ("rebuild that file with build_pretraining_dataset.py (or copy it again) and resume with "
-                  "--restore_checkpoint latest, or resume with --skip_bad_records")
+BAD_RECORD_FIX = ("rebuild that file (the same build_pretraining_dataset.py command writes the same files) or copy "
+                  "it again, then resume with --restore_checkpoint latest; or resume with --skip_bad_records")
 
 
 def bad_record_run(tmp_path: Path, built: dict[str, Path], results: Path, *extra: str) -> subprocess.CompletedProcess:
