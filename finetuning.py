@@ -7,7 +7,8 @@
 - The run: `FineTuningPlan` (steps per epoch, total steps, warm-up), AdamW with layer-wise
   learning-rate decay and linear warm-up then linear decay (`build_optimizer`), and `fine_tune`,
   which trains with `training.run_training_loop`, checkpointing after each epoch in
-  OUTPUT_DIR/checkpoints and resuming from there when run again.
+  OUTPUT_DIR/checkpoints and resuming from there when run again (from the newest checkpoint
+  that reads fully: `training.TrainingCheckpoint.newest`).
 - Batches: `epoch_batches` (each rank's slice of every global batch, reshuffled each pass,
   starting at any step), `padded_rows` and `inference_speed` for prediction.
 
@@ -101,6 +102,7 @@ def add_optimisation_flags(group: argparse._ArgumentGroup, defaults: FineTuningC
     group.add_argument("--warmup_proportion", type=float, default=defaults.warmup_proportion,
                        help="fraction of the steps spent warming up")
     group.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation, dropout and data order")
+    run_utils.add_divergence_flags(group)
 
 
 def add_output_flags(group: argparse._ArgumentGroup) -> None:
@@ -207,7 +209,8 @@ class FineTuningPlan:
         """Log every --log_freq steps, checkpoint after each epoch and at the end."""
         return training.TrainingPlan(last_step=self.total_steps, log_every=args.log_freq,
                                      checkpoint_every=self.steps_per_epoch,
-                                     sequences_per_step=self.sequences_per_step, description="fine-tuning")
+                                     sequences_per_step=self.sequences_per_step, description="fine-tuning",
+                                     max_consecutive_skipped_steps=args.max_consecutive_skipped_steps)
 
 
 def build_optimizer(args: argparse.Namespace, model: keras.Model, plan: FineTuningPlan) -> keras.optimizers.Optimizer:

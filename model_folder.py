@@ -422,15 +422,36 @@ def load_model_folder(name_or_path: str, model_class: Callable[..., keras.Model]
     return model, report
 
 
-def save_model_folder(model: keras.Model, folder: str) -> None:
-    """Write `config.json` and `model.safetensors`; files appear complete or not at all."""
-    os.makedirs(folder, exist_ok=True)
+def folder_tensors(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's tensors as its folder stores them: float32, under their Hugging Face names
+    (a bare encoder's without the `electra.` prefix), linear weights transposed."""
     bare_encoder = isinstance(model, ElectraModel)
     tensors = {}
     for name, param in hf_parameters(model).items():
         value = np.asarray(param.variable.numpy(), dtype=np.float32)
         key = name[len(ENCODER_PREFIX):] if bare_encoder and name.startswith(ENCODER_PREFIX) else name
         tensors[key] = np.ascontiguousarray(value.T if param.transpose else value)
+    return tensors
+
+
+def check_finite_tensors(tensors: Mapping[str, np.ndarray], source: str) -> None:
+    """A `ModelFolderError` naming `source` (where the weights come from) and the first tensor
+    holding a NaN or an infinity: a diverged run's weights must not become a model folder, which
+    every later program would load (and refuse) or, outside this project, use silently."""
+    for name, value in tensors.items():
+        bad = value.size - int(np.count_nonzero(np.isfinite(value)))
+        if bad:
+            raise ModelFolderError(f"{source}: tensor {name} has {bad} of {value.size} values that are NaN or "
+                                   "infinite: the run that trained it diverged; refusing to write a model folder of "
+                                   "it (export an earlier checkpoint, or train again with a lower --learning_rate)")
+
+
+def save_model_folder(model: keras.Model, folder: str, source: str | None = None) -> None:
+    """Write `config.json` and `model.safetensors`; files appear complete or not at all, and
+    not at all when a weight is not finite (`source` names the weights' origin in that error)."""
+    tensors = folder_tensors(model)
+    check_finite_tensors(tensors, source or f"the {type(model).__name__} to write to {folder}")
+    os.makedirs(folder, exist_ok=True)
     if isinstance(model, ElectraForQuestionAnswering):
         architecture, extra = QA_ARCHITECTURES[model.joint_head], model.head_settings()
     elif isinstance(model, ElectraForSequenceClassification):

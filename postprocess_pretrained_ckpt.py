@@ -3,7 +3,12 @@
 
 The architecture comes from the run's `run_config.json` (RESULTS_DIR/run_config.json for a
 checkpoint RESULTS_DIR/checkpoints/ckpt-N), so any model size works. Only the model is read
-from the checkpoint (not the optimizer), and every model variable must be found in it.
+from the checkpoint (not the optimizer), every model variable must be found in it, and every
+weight must be finite (a diverged run's checkpoint is refused, nothing is written).
+
+A checkpoints folder gives its newest checkpoint that reads fully, with a warning naming each
+newer one passed over; a checkpoint that does not read fully is one error line naming its bad
+file. The checkpoints are only read, never moved or changed.
 """
 from __future__ import annotations
 
@@ -21,19 +26,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from configuration import ElectraConfig, PretrainingObjective  # noqa: E402
-from model_folder import save_model_folder  # noqa: E402
+from model_folder import check_finite_tensors, folder_tensors, save_model_folder  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
 from run_utils import RUN_CONFIG_FILE  # noqa: E402
 from safe_io import check_output_dir, writable_output_dir  # noqa: E402
 from training import resolve_checkpoint  # noqa: E402
 
 logger = logging.getLogger("postprocess_pretrained_ckpt")
+PARTS = ("discriminator", "generator")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--pretrained_checkpoint", required=True,
-                        help="a checkpoint (RESULTS_DIR/checkpoints/ckpt-N) or a checkpoints folder (its newest)")
+                        help="a checkpoint (RESULTS_DIR/checkpoints/ckpt-N) or a checkpoints folder (its newest "
+                             "checkpoint that reads fully)")
     parser.add_argument("--output_dir", required=True, help="discriminator/ and generator/ are written here")
     parser.add_argument("--vocab_file", default=None, help="vocab.txt to copy into both folders")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
@@ -77,14 +84,20 @@ def restore_pretraining_model(checkpoint: str) -> ElectraPretrainingModel:
     return model
 
 
+def weights_source(checkpoint: str, part: str) -> str:
+    return f"{checkpoint} ({part})"
+
+
 def postprocess(checkpoint: str, output_dir: str, vocab_file: str | None) -> dict[str, str]:
     """Write both model folders; returns {"discriminator": folder, "generator": folder}."""
     model = restore_pretraining_model(checkpoint)
+    for part in PARTS:  # both checked before either is written
+        check_finite_tensors(folder_tensors(getattr(model, part)), weights_source(checkpoint, part))
     writable_output_dir(output_dir, "--output_dir")  # after the checks: a failed export leaves no folder
     folders = {}
-    for part in ("discriminator", "generator"):
+    for part in PARTS:
         folder = os.path.join(output_dir, part)
-        save_model_folder(getattr(model, part), folder)
+        save_model_folder(getattr(model, part), folder, source=weights_source(checkpoint, part))
         if vocab_file:
             shutil.copyfile(vocab_file, os.path.join(folder, "vocab.txt"))
         folders[part] = folder

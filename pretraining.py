@@ -60,6 +60,7 @@ def add_optimizer_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--skip_adaptive", action=argparse.BooleanOptionalAction, default=False,
                        help="LAMB: exclude LayerNorm weights and biases from the trust ratio too")
     group.add_argument("--seed", type=int, default=12345, help="seed of every random choice")
+    run_utils.add_divergence_flags(group)
 
 
 def discriminator_config_from_args(args: argparse.Namespace) -> ElectraConfig:

@@ -22,7 +22,6 @@ from typing import Any, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import distributed  # noqa: E402
 import pretrain_utils  # noqa: E402
@@ -63,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     ckpt.add_argument("--save_checkpoints_steps", type=int, default=500, help="optimizer steps between checkpoints")
     ckpt.add_argument("--keep_checkpoint_max", type=int, default=5, help="checkpoints kept")
     ckpt.add_argument("--restore_checkpoint", default=None,
-                      help="'latest' (of RESULTS_DIR) or a checkpoint path/folder to resume from; with "
-                           "--phase2, the phase-1 checkpoint to start from")
+                      help="'latest' (the newest checkpoint in RESULTS_DIR/checkpoints that reads fully) or a "
+                           "checkpoint path or folder (its newest that reads fully) to resume from; with --phase2, "
+                           "the phase-1 checkpoint to start from")
     ckpt.add_argument("--phase2", action=argparse.BooleanOptionalAction, default=False,
                       help="start from --restore_checkpoint's weights and optimizer slots with the step reset "
                            "(a phase-2 run that has its own checkpoints resumes them instead)")
@@ -108,17 +108,21 @@ def check_run_config_matches(model: ElectraPretrainingModel, checkpoint: str) ->
 
 def restore_or_initialise(args: argparse.Namespace, state: training.TrainingCheckpoint,
                           model: ElectraPretrainingModel, checkpoint_dir: str) -> None:
-    own_checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
-    if args.phase2 and own_checkpoint is None:
-        path = training.resolve_checkpoint(args.restore_checkpoint, checkpoint_dir)
+    """Resume this run's checkpoint, start phase 2 from phase 1's, or start afresh (from
+    --init_checkpoint or random weights); never over checkpoints this run already holds, even
+    unreadable ones. Checkpoints are chosen by `TrainingCheckpoint.choose`: 'latest' is the
+    newest one that reads fully."""
+    holds_checkpoints = bool(training.checkpoint_candidates(checkpoint_dir))
+    if args.phase2 and not holds_checkpoints:
+        path = state.choose(args.restore_checkpoint)
         check_run_config_matches(model, path)
         state.start_from(path)
         logger.info("Phase 2 starts from phase-1 checkpoint %s (optimizer step reset)", path)
     elif args.restore_checkpoint:
-        path = own_checkpoint if args.phase2 else training.resolve_checkpoint(args.restore_checkpoint, checkpoint_dir)
+        path = state.choose("latest" if args.phase2 else args.restore_checkpoint)
         check_run_config_matches(model, path)
         state.resume(path)
-    elif own_checkpoint is not None:
+    elif holds_checkpoints:
         raise FileExistsError(f"{checkpoint_dir} already holds checkpoints; pass --restore_checkpoint latest "
                               "to resume them or choose another --results_dir")
     elif args.init_checkpoint:
@@ -174,7 +178,8 @@ def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = N
         last_step=args.num_train_steps if args.steps_this_run is None else min(args.num_train_steps,
                                                                              start + args.steps_this_run),
         log_every=args.log_freq, checkpoint_every=args.save_checkpoints_steps,
-        sequences_per_step=args.train_batch_size * args.gradient_accumulation_steps, description="pretraining")
+        sequences_per_step=args.train_batch_size * args.gradient_accumulation_steps, description="pretraining",
+        max_consecutive_skipped_steps=args.max_consecutive_skipped_steps)
     log = MetricsLog(args.log_dir, args.json_summary) if engine.is_chief else None
     try:
         with run_utils.stop_requests() as stop:

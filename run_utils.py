@@ -42,6 +42,26 @@ def add_engine_flags(group: argparse._ArgumentGroup) -> None:
                             "TF_CONFIG or a multi-task srun, else one process")
 
 
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0 (argparse names the flag when it is not)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_divergence_flags(group: argparse._ArgumentGroup) -> None:
+    """Every training program's: when a run counts as diverged (training.SkippedSteps)."""
+    group.add_argument("--max_consecutive_skipped_steps", type=non_negative_int,
+                       default=training.DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS,
+                       help="stop with an error, saving no checkpoint, once more optimizer steps than this in a row "
+                            "are skipped for non-finite gradients (the run has diverged; 0: at the first); float16 "
+                            "(--amp) skips up to 15 in a row at the start while its loss scale comes down from 2^15")
+
+
 def parse_checked(parser: argparse.ArgumentParser,
                   check: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
                   argv: Sequence[str] | None) -> argparse.Namespace:

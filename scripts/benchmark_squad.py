@@ -1,18 +1,22 @@
-"""Throughput of SQuAD fine-tuning and inference with run_tf_squad.py, and the same inference in
-transformers' PyTorch ElectraForQuestionAnswering, on this machine. Prints numbers, asserts nothing.
+"""Throughput of SQuAD fine-tuning and inference with run_tf_squad.py, and the same fine-tuning
+and inference in transformers' PyTorch ElectraForQuestionAnswering at the same precision, on this
+machine. Prints numbers, asserts nothing.
 
 The data is a synthetic SQuAD v1.1 file cut from the shipped Austen sample: one question on each
 context of about 5 x max_seq_length characters (two windows). Every window costs the same: shapes
 are fixed at max_seq_length, padding included. The model is a
 base-width ELECTRA (hidden 768, 12 heads; --num_hidden_layers layers) with random weights and
 the plain start/end head, so that transformers can run the very model run_tf_squad.py saved.
-Both sides predict the same windows in batches of --predict_batch_size; sequences per second
-and latency percentiles come from the same per-batch timing (first batch, which traces or warms
-up, left out).
+Both sides train on the same windows in the same batches (AdamW, the first step left out of the
+timing: it traces the graph, or warms PyTorch up) and predict the same windows in batches of
+--predict_batch_size; sequences per second and latency percentiles come from the same per-batch
+timing (first batch, which traces or warms up, left out). With --amp, PyTorch runs under
+torch.autocast with --amp_dtype, as run_tf_squad.py runs Keras' mixed policy of that dtype.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -52,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="questions predicted: about two windows each, in batches of --predict_batch_size, all "
                              "timed but the first batch")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                        help="pass --amp to run_tf_squad.py")
+                        help="mixed precision on both sides: --amp to run_tf_squad.py, torch.autocast in PyTorch")
+    parser.add_argument("--amp_dtype", choices=("float16", "bfloat16"), default="bfloat16",
+                        help="compute dtype with --amp (bfloat16: the CPU's fast half precision)")
     parser.add_argument("--xla", action=argparse.BooleanOptionalAction, default=False,
                         help="pass --xla to run_tf_squad.py")
     add_serving_flags(parser)
@@ -93,27 +99,72 @@ def run_tf_squad(args: argparse.Namespace, work: Path, model_folder: Path) -> di
                "--predict_file", str(work / "dev.json"), "--output_dir", str(output),
                "--max_seq_length", str(args.max_seq_length), "--max_steps", str(args.train_steps),
                "--train_batch_size", str(args.train_batch_size), "--predict_batch_size", str(args.predict_batch_size),
-               "--log_freq", "1", "--amp" if args.amp else "--no-amp", "--xla" if args.xla else "--no-xla"]
+               "--log_freq", "1", "--amp" if args.amp else "--no-amp", "--amp_dtype", args.amp_dtype,
+               "--xla" if args.xla else "--no-xla"]
     subprocess.run(command, check=True)
     lines = (output / "logs" / "metrics.jsonl").read_text().splitlines()
     return json.loads(lines[-1])
 
 
-def torch_inference(args: argparse.Namespace, work: Path, fine_tuned: Path) -> dict:
-    """transformers' ElectraForQuestionAnswering on the same windows, batches and timing."""
+def squad_features(args: argparse.Namespace, work: Path, fine_tuned: Path, name: str,
+                   is_training: bool) -> squad_utils.SquadFeatures:
+    """The windows run_tf_squad.py made of work/NAME.json with the vocabulary of its model
+    folder (its feature cache is not shared)."""
     tokenizer = WordPieceTokenizer(str(fine_tuned / "vocab.txt"))
     config = squad_utils.FeatureConfig(max_seq_length=args.max_seq_length)
-    _, features, _ = squad_utils.load_or_build_features(work / "dev.json", tokenizer, config, False, work / "cache")
+    _, features, _ = squad_utils.load_or_build_features(work / f"{name}.json", tokenizer, config, is_training,
+                                                        work / f"cache_{name}")
+    return features
+
+
+def torch_precision(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """PyTorch's counterpart of run_tf_squad.py's --amp: autocast to the same compute dtype."""
+    if not args.amp:
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=getattr(torch, args.amp_dtype))
+
+
+def torch_model_inputs(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {"input_ids": torch.from_numpy(batch["input_ids"]).long(),
+            "attention_mask": torch.from_numpy(batch["input_mask"]).long(),
+            "token_type_ids": torch.from_numpy(batch["segment_ids"]).long()}
+
+
+def torch_training(args: argparse.Namespace, work: Path, model_folder: Path, fine_tuned: Path) -> dict:
+    """transformers' ElectraForQuestionAnswering fine-tuned from the same random model on the
+    same windows and batches with AdamW: training sequences per second, the first step left out."""
+    features = squad_features(args, work, fine_tuned, "train", is_training=True)
+    arrays = {name: getattr(features, name) for name in
+              ("input_ids", "input_mask", "segment_ids", "start_position", "end_position")}
+    model = transformers.ElectraForQuestionAnswering.from_pretrained(model_folder).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
+    seconds = []
+    for step in range(args.train_steps):
+        batch = padded_rows(arrays, (step * args.train_batch_size) % len(features), args.train_batch_size)
+        began = time.perf_counter()
+        with torch_precision(args):
+            loss = model(**torch_model_inputs(batch), start_positions=torch.from_numpy(batch["start_position"]).long(),
+                         end_positions=torch.from_numpy(batch["end_position"]).long()).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        seconds.append(time.perf_counter() - began)
+    timed = seconds[1:] if len(seconds) > 1 else seconds
+    return {"training_sequences_per_second": len(timed) * args.train_batch_size / sum(timed)}
+
+
+def torch_inference(args: argparse.Namespace, work: Path, fine_tuned: Path) -> dict:
+    """transformers' ElectraForQuestionAnswering on the same windows, batches and timing."""
+    features = squad_features(args, work, fine_tuned, "dev", is_training=False)
     model = transformers.ElectraForQuestionAnswering.from_pretrained(fine_tuned).eval()
     seconds = []
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_precision(args):
         inputs = {name: getattr(features, name) for name in PREDICT_FIELDS}
         for start in range(0, len(features), args.predict_batch_size):
             batch = padded_rows(inputs, start, args.predict_batch_size)
             began = time.perf_counter()
-            model(input_ids=torch.from_numpy(batch["input_ids"]).long(),
-                  attention_mask=torch.from_numpy(batch["input_mask"]).long(),
-                  token_type_ids=torch.from_numpy(batch["segment_ids"]).long())  # eager: done on return
+            model(**torch_model_inputs(batch))  # eager: done on return
             seconds.append(time.perf_counter() - began)
     return {**inference_speed(seconds, args.predict_batch_size), "torch_threads": torch.get_num_threads()}
 
@@ -128,11 +179,18 @@ def main() -> None:
         config = ElectraConfig.from_size("base", num_hidden_layers=args.num_hidden_layers)
         save_model_folder(ElectraDiscriminator(config), str(work / "base_width_discriminator"))
         ours = run_tf_squad(args, work, work / "base_width_discriminator")
-        theirs = torch_inference(args, work, work / "squad_output" / "model")
-        serving = serving_benchmark(args, work, work / "squad_output" / "model")
-    print(f"\nbase-width ELECTRA, {args.num_hidden_layers} layers, sequence length {args.max_seq_length}, CPU")
-    print(f"run_tf_squad.py training:  {ours['training_sequences_per_second']:.2f} sequences/s "
-          f"(batch {args.train_batch_size}, {'amp' if args.amp else 'fp32'}{', XLA' if args.xla else ''})")
+        fine_tuned = work / "squad_output" / "model"
+        theirs = {**torch_training(args, work, work / "base_width_discriminator", fine_tuned),
+                  **torch_inference(args, work, fine_tuned)}
+        serving = serving_benchmark(args, work, fine_tuned)
+    precision = args.amp_dtype if args.amp else "fp32"
+    print(f"\nbase-width ELECTRA, {args.num_hidden_layers} layers, sequence length {args.max_seq_length}, CPU, "
+          f"{precision}")
+    for name, numbers in (("run_tf_squad.py training", ours), ("transformers PyTorch training", theirs)):
+        print(f"{name}: {numbers['training_sequences_per_second']:.2f} sequences/s (batch {args.train_batch_size}"
+              f"{', XLA' if args.xla and numbers is ours else ''})")
+    print(f"training speed ratio (ours / transformers): "
+          f"{ours['training_sequences_per_second'] / theirs['training_sequences_per_second']:.2f}x")
     for name, numbers in (("run_tf_squad.py inference", ours), ("transformers PyTorch inference", theirs)):
         print(f"{name}: {numbers['inference_sequences_per_second']:.2f} sequences/s, batch latency ms "
               + ", ".join(f"p{p} {numbers[f'inference_batch_latency_ms_p{p}']:.0f}" for p in (50, 90, 95, 99)))
@@ -186,11 +244,12 @@ def saved_model_answerer(saved_model: Path):
                                    context=tf.constant([c for _, c in batch]))["answer"].numpy()
 
 
-def transformers_answerer(folder: Path, max_seq_length: int):
+def transformers_answerer(args: argparse.Namespace, folder: Path):
     """What transformers' question-answering pipeline did (transformers 5 has none): the fast
     tokenizer's overflowing windows (overlapping by doc_stride tokens, as the pipeline's
     default), ElectraForQuestionAnswering, and the best start <= end pair of context tokens, at
-    most max_answer_length apart, over all windows of a question."""
+    most max_answer_length apart, over all windows of a question; --amp as in `torch_precision`."""
+    max_seq_length = args.max_seq_length
     tokenizer = transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
     model = transformers.ElectraForQuestionAnswering.from_pretrained(folder).eval()
     defaults = squad_utils.FeatureConfig(max_seq_length=max_seq_length)
@@ -200,15 +259,15 @@ def transformers_answerer(folder: Path, max_seq_length: int):
                             max_length=max_seq_length, stride=defaults.doc_stride,
                             return_overflowing_tokens=True, return_offsets_mapping=True, padding="max_length",
                             return_tensors="pt")
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_precision(args):
             logits = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
                            token_type_ids=encoded["token_type_ids"])
         best: dict[int, tuple[float, str]] = {}
         for window, question in enumerate(encoded["overflow_to_sample_mapping"].tolist()):
             context = batch[question][1]
             is_context = torch.tensor([s == 1 for s in encoded.sequence_ids(window)])
-            start = logits.start_logits[window].masked_fill(~is_context, -1e4).log_softmax(-1)
-            end = logits.end_logits[window].masked_fill(~is_context, -1e4).log_softmax(-1)
+            start = logits.start_logits[window].float().masked_fill(~is_context, -1e4).log_softmax(-1)
+            end = logits.end_logits[window].float().masked_fill(~is_context, -1e4).log_softmax(-1)
             scores = (start[:, None] + end[None, :]).triu().tril(squad_utils.DecodeConfig().max_answer_length - 1)
             first, last = divmod(int(scores.argmax()), scores.shape[1])
             offsets = encoded["offset_mapping"][window]
@@ -238,7 +297,8 @@ def serving_benchmark(args: argparse.Namespace, work: Path, fine_tuned: Path) ->
     saved_model = work / "saved_model" / "1"
     subprocess.run([sys.executable, str(REPO / "export_saved_model.py"), "--init_checkpoint", str(fine_tuned),
                     "--output_dir", str(saved_model), "--overwrite", "--max_seq_length", str(args.max_seq_length),
-                    "--amp" if args.amp else "--no-amp", "--xla" if args.xla else "--no-xla"],
+                    "--amp" if args.amp else "--no-amp", "--amp_dtype", args.amp_dtype,
+                    "--xla" if args.xla else "--no-xla"],
                    check=True, capture_output=True)
     questions = questions_of(work / "dev.json")
     singles = [[q] for q in questions[:args.serving_questions]]
@@ -246,7 +306,7 @@ def serving_benchmark(args: argparse.Namespace, work: Path, fine_tuned: Path) ->
     large = large[:1] + large  # the first call (tracing) is left out of the timing
     results = {}
     for name, answerer in (("SavedModel", saved_model_answerer(saved_model)),
-                           ("transformers", transformers_answerer(fine_tuned, args.max_seq_length))):
+                           ("transformers", transformers_answerer(args, fine_tuned))):
         results[name] = {"batch 1": speed_summary(singles, timed_calls(answerer, singles)),
                          f"batch {args.serving_batch_size}": speed_summary(large, timed_calls(answerer, large))}
     results["run_inference.py"] = {"batch 1": run_inference_latency(args, fine_tuned, questions)}

@@ -20,7 +20,7 @@ def record_starts(path: Path) -> list[int]:
     return starts
 
 
-def damage(path: Path, record: int, how: str) -> int:
+def damage_record(path: Path, record: int, how: str) -> int:
     """Damage record `record` of a TFRecord file as `how` (one of DAMAGES) says; returns where
     the record starts."""
     data = bytearray(path.read_bytes())

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import damage
 import distributed
-from damaged_tfrecords import damage
+from damaged_tfrecords import damage_record
 from distributed_parity_worker import PROBE
 
 ENGINES = ("horovod", "tf_distribute")
@@ -169,7 +170,7 @@ def test_a_bad_record_on_one_rank_stops_every_rank_at_the_same_step_with_a_check
     for path in sorted(Path(austen_tfrecords["train"]).parent.glob("pretrain_data.tfrecord-*")):
         shutil.copy(path, data / path.name)
     bad_file = data / "pretrain_data.tfrecord-1-of-2"
-    start = damage(bad_file, 80, "data flipped")  # reached at about step 8 with a shuffle buffer of 50
+    start = damage_record(bad_file, 80, "data flipped")  # reached at about step 8 with a shuffle buffer of 50
     run = [*pretraining_command(config_file, str(data / "pretrain_data.tfrecord-*"), tmp_path / "run", engine),
            "--num_train_steps", "12", "--save_checkpoints_steps", "4", "--log_freq", "4"]
     stopped = launch(repo_root, engine, 2, *run, port=port)
@@ -186,6 +187,31 @@ def test_a_bad_record_on_one_rank_stops_every_rank_at_the_same_step_with_a_check
     resumed = launch(repo_root, engine, 2, *run, "--restore_checkpoint", "latest", "--skip_bad_records", port=port)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (checkpoints / "ckpt-12.index").exists()
+
+
+def test_two_ranks_pass_over_a_damaged_newest_checkpoint_together(repo_root, config_file, austen_tfrecords, tmp_path):
+    """Rank 0's ckpt-4 damaged: both ranks resume rank 0's choice, ckpt-2 (rank 1 reads none of
+    rank 0's files to choose), end with the weights of the undamaged run, and both ranks' parts
+    of the damaged checkpoint are set aside together. One engine: the choice travels by the same
+    broadcast with both, which test_two_rank_checkpoint_resumes_identically_and_only_rank0_writes runs."""
+    engine, run = "tf_distribute", tmp_path / "run"
+    checkpoints = run / "checkpoints"
+    first = launch(repo_root, engine, 2, *pretraining_command(config_file, austen_tfrecords["train"], run, engine),
+                   port=23720)
+    assert first.returncode == 0, first.stderr[-3000:]
+    expected = model_tensors(checkpoints / "ckpt-4")
+    bad_file = damage.damage(checkpoints / "ckpt-4", "truncated data")
+    second = launch(repo_root, engine, 2, *pretraining_command(config_file, austen_tfrecords["train"], run, engine,
+                                                               "--restore_checkpoint", "latest"), port=23720)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"checkpoint {checkpoints / 'ckpt-4'} is unreadable: {bad_file} (" in second.stderr
+    assert f"Resumed from {checkpoints / 'ckpt-2'} at step 2" in second.stderr
+    resumed = model_tensors(checkpoints / "ckpt-4")
+    assert expected.keys() == resumed.keys() and len(expected) > 50
+    for name, value in expected.items():
+        np.testing.assert_allclose(resumed[name], value, atol=1e-6, err_msg=name)
+    aside = next(checkpoints.glob("unreadable-*"))
+    assert sorted(str(p.relative_to(aside)) for p in aside.rglob("*.index")) == ["ckpt-4.index", "rank1/ckpt-4.index"]
 
 
 def slurm_available() -> str | None:

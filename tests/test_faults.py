@@ -1,9 +1,11 @@
 """Faults and bad input: removals stay inside the folder a script owns, a failed rebuild keeps the
 previous dataset, bad input gives one line naming the file and the fix (never a traceback), a
-vocabulary that does not fit the corpus is caught, and downloads never leave HTTPS."""
+vocabulary that does not fit the corpus is caught, downloads never leave HTTPS, and a damaged
+newest checkpoint is passed over for the previous one (set aside, never deleted)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -22,6 +24,7 @@ import requests
 import trustme
 
 import build_pretraining_dataset as bpd
+import damage
 import safe_io
 import tokenization
 
@@ -30,7 +33,7 @@ VOCAB = REPO / "vocab" / "vocab.txt"
 REMOVE_WITHIN = REPO / "scripts" / "lib" / "remove_within.sh"
 sys.path.insert(0, str(REPO / "data"))
 import download_utils  # noqa: E402
-from damaged_tfrecords import damage  # noqa: E402
+from damaged_tfrecords import damage_record  # noqa: E402
 
 TIMEOUT = 600
 
@@ -130,17 +133,23 @@ def build_command(corpus: Path, output: Path, vocab: Path = VOCAB) -> list[str]:
             "--vocab-file", str(vocab), "--num-out-files", "2", "--max-seq-length", "32"]
 
 
-@pytest.fixture
-def built(tmp_path: Path) -> dict[str, Path]:
-    """A corpus and the complete dataset built from it, with a file of the user's beside it."""
-    corpus, output = tmp_path / "corpus", tmp_path / "dataset"
+def build_small_dataset(folder: Path) -> dict[str, Path]:
+    """FOLDER/corpus (the start of Persuasion) and FOLDER/dataset, its TFRecords of length 32."""
+    corpus, output = folder / "corpus", folder / "dataset"
     corpus.mkdir()
     text = (REPO / "data" / "sample_corpus" / "austen" / "persuasion.txt").read_text(encoding="utf-8")
     (corpus / "a.txt").write_text("\n".join(" ".join(text[i:i + 300].split()) for i in range(0, 60_000, 300)),
                                   encoding="utf-8")
     assert bpd.main(build_command(corpus, output)[1:]) == 0
-    (output / "notes.txt").write_text("the user's own file")
     return {"corpus": corpus, "output": output}
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> dict[str, Path]:
+    """A corpus and the complete dataset built from it, with a file of the user's beside it."""
+    dataset = build_small_dataset(tmp_path)
+    (dataset["output"] / "notes.txt").write_text("the user's own file")
+    return dataset
 
 
 def test_a_failed_rebuild_leaves_the_previous_dataset_byte_identical(built: dict[str, Path], tmp_path: Path):
@@ -418,6 +427,67 @@ def test_a_run_resumed_after_sigterm_mid_window_logs_what_the_readme_says(austen
     assert logged[8]["total_loss"] != pytest.approx(expected[8]["total_loss"], rel=1e-5)
 
 
+# ----------------------------------------------------------------------------- divergence (item 5)
+
+@pytest.mark.slow
+def test_a_diverging_pretraining_run_stops_with_one_line_and_keeps_the_good_checkpoint(built: dict[str, Path],
+                                                                                     tmp_path: Path):
+    """Two good steps, then the run resumed with --learning_rate 1e6: after a few applied steps
+    every step is skipped, and the 21st in a row stops it before the checkpoint of its last step
+    (40), so the good checkpoint stays byte-identical. (A checkpoint due amid skipped steps waits:
+    tests/test_training.py. One due after the applied steps with huge but finite weights would be
+    written: nothing tells those weights from good ones.)"""
+    import run_pretraining
+
+    tfrecords = str(built["output"] / "pretrain_data.tfrecord-*")
+    results = tmp_path / "run"
+    steps = ("--max_seq_length", "32", "--num_train_steps", "40", "--save_checkpoints_steps", "100")
+    good = pretraining_command(tmp_path, tfrecords, results, *steps, "--steps_this_run", "2")
+    assert run_pretraining.main(good[1:]) == 0
+    before = tree_bytes(results / "checkpoints")
+    assert sorted(before) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+    diverging = run_program(*pretraining_command(tmp_path, tfrecords, results, *steps, "--learning_rate", "1e6",
+                                                 "--restore_checkpoint", "latest"))
+    error = one_line_error(diverging)
+    assert re.search(r"step (\d+): 21 optimizer steps in a row were skipped \(steps \d+-\1: gradients not finite; "
+                     r"the last finite loss \S+ at step \d+\), more than --max_consecutive_skipped_steps 20: the run "
+                     r"has diverged. Stopped without saving a checkpoint", error), error
+    assert f"the newest checkpoint, {results / 'checkpoints' / 'ckpt-2'}, is kept. Fix: lower --learning_rate" in error
+    assert "Finished" not in diverging.stderr
+    assert tree_bytes(results / "checkpoints") == before
+
+
+def test_postprocess_refuses_a_checkpoint_whose_weights_are_not_finite(built: dict[str, Path], tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture):
+    """A real run's checkpoint with one weight made NaN by hand and written back under the name
+    the program reads it by (`model`); the program's own save now refuses such weights."""
+    import numpy as np
+    import tensorflow as tf
+
+    import postprocess_pretrained_ckpt
+    import run_pretraining
+
+    results = tmp_path / "run"
+    command = pretraining_command(tmp_path, str(built["output"] / "pretrain_data.tfrecord-*"), results,
+                                  "--max_seq_length", "32", "--num_train_steps", "3", "--steps_this_run", "1")
+    assert run_pretraining.main(command[1:]) == 0
+    model = postprocess_pretrained_ckpt.restore_pretraining_model(str(results / "checkpoints" / "ckpt-1"))
+    kernel = model.generator.electra.encoder_layers[1].intermediate.kernel
+    kernel.assign(tf.tensor_scatter_nd_update(kernel, [[3, 5]], [float("nan")]))
+    size = int(np.prod(kernel.shape))
+    poisoned = str(results / "checkpoints" / "ckpt-2")
+    tf.train.Checkpoint(model=model).write(poisoned)
+    caplog.clear()
+    output = tmp_path / "exported"
+    with caplog.at_level(logging.ERROR):
+        assert postprocess_pretrained_ckpt.main(["--pretrained_checkpoint", poisoned, "--output_dir", str(output)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"{poisoned} (generator): tensor electra.encoder.layer.1.intermediate.dense.weight has 1 of {size} "
+                      "values that are NaN or infinite: the run that trained it diverged; refusing to write a model "
+                      "folder of it (export an earlier checkpoint, or train again with a lower --learning_rate)"]
+    assert not output.exists()  # the discriminator, checked first and finite, was not written either
+
+
 # ----------------------------------------------------------------------------- unreadable records (issue 12)
 
 BAD_RECORD_RUN = ("--max_seq_length", "32", "--num_train_steps", "30", "--save_checkpoints_steps", "8",
@@ -447,7 +517,7 @@ def test_a_corrupt_record_stops_the_run_with_a_checkpoint_that_resumes_once_the_
     steps since the last checkpoint."""
     bad_file = built["output"] / "pretrain_data.tfrecord-1-of-2"
     intact = bad_file.read_bytes()
-    start = damage(bad_file, DAMAGED_RECORD, "data flipped")
+    start = damage_record(bad_file, DAMAGED_RECORD, "data flipped")
     results = tmp_path / "run"
     error = one_line_error(bad_record_run(tmp_path, built, results))
     step = stopped_at(error, f"{bad_file}: record {DAMAGED_RECORD} (at byte {start}) is corrupt (its data does not "
@@ -471,7 +541,7 @@ def test_a_cut_file_is_skipped_with_a_warning_and_a_stopped_run_resumes_as_if_it
     import numpy as np
 
     bad_file = built["output"] / "pretrain_data.tfrecord-1-of-2"
-    start = damage(bad_file, DAMAGED_RECORD, "data cut")
+    start = damage_record(bad_file, DAMAGED_RECORD, "data cut")
     where = f"{bad_file}: record {DAMAGED_RECORD} (at byte {start}) is cut short (the file ends inside it)"
     skipping = bad_record_run(tmp_path, built, tmp_path / "skipping", "--skip_bad_records")
     assert skipping.returncode == 0 and "Traceback" not in skipping.stderr, skipping.stderr[-3000:]
@@ -540,3 +610,84 @@ def test_a_failed_formatting_keeps_the_previous_formatted_text_and_shards(tmp_pa
     before = tree_bytes(data_dir)
     assert data_prep("text_formatting", "--input_files", str(bad)) == 1
     assert tree_bytes(data_dir) == before
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints (issue 12, item 4)
+
+DAMAGE_RUN_STEPS = ("--max_seq_length", "32", "--num_train_steps", "8", "--save_checkpoints_steps", "4",
+                    "--log_freq", "4")
+
+
+@pytest.fixture(scope="module")
+def two_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A pretraining run of 8 steps with checkpoints at steps 4 and 8, to copy and damage:
+    {"folder": where the config files go, "tfrecords": glob, "results": the run's results}."""
+    folder = tmp_path_factory.mktemp("two_checkpoints")
+    tfrecords = str(build_small_dataset(folder)["output"] / "pretrain_data.tfrecord-*")
+    results = folder / "results"
+    process = run_program(*pretraining_command(folder, tfrecords, results, *DAMAGE_RUN_STEPS))
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert sorted(p.name for p in (results / "checkpoints").glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-8.index"]
+    return {"folder": folder, "tfrecords": Path(tfrecords), "results": results}
+
+
+def copied_run(two_checkpoints: dict[str, Path], tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    shutil.copytree(two_checkpoints["results"], results)
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["truncated index", "flipped data bytes", "deleted data"])
+def test_latest_resumes_the_previous_checkpoint_when_the_newest_is_damaged(kind: str, two_checkpoints, tmp_path: Path):
+    """The resumed run warns naming the damaged file, trains steps 5-8 again and ends with the
+    weights of the uninterrupted run; the damaged checkpoint is kept, set aside."""
+    results = copied_run(two_checkpoints, tmp_path)
+    checkpoints = results / "checkpoints"
+    bad_file = damage.damage(checkpoints / "ckpt-8", kind)
+    damaged = damage.files_of(checkpoints / "ckpt-8")
+    resumed = run_program(*pretraining_command(two_checkpoints["folder"], str(two_checkpoints["tfrecords"]), results,
+                                               *DAMAGE_RUN_STEPS, "--restore_checkpoint", "latest"))
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert f"WARNING training: checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in resumed.stderr
+    assert f"Resumed from {checkpoints / 'ckpt-4'} at step 4" in resumed.stderr
+    assert "Finished at step 8" in resumed.stderr
+    uninterrupted = checkpoint_tensors(two_checkpoints["results"] / "checkpoints" / "ckpt-8")
+    assert len(uninterrupted) > 50
+    damage.assert_same_tensors(checkpoint_tensors(checkpoints / "ckpt-8"), uninterrupted)
+    aside = list(checkpoints.glob("unreadable-*"))
+    assert len(aside) == 1 and damage.files_of(aside[0] / "ckpt-8") == damaged
+
+
+@pytest.mark.slow
+def test_latest_with_every_checkpoint_damaged_is_one_line_naming_the_files(two_checkpoints, tmp_path: Path):
+    results = copied_run(two_checkpoints, tmp_path)
+    checkpoints = results / "checkpoints"
+    bad_files = [damage.damage(checkpoints / "ckpt-8", "truncated index"),
+                 damage.damage(checkpoints / "ckpt-4", "truncated data")]
+    before = tree_bytes(results)
+    error = one_line_error(run_program(*pretraining_command(
+        two_checkpoints["folder"], str(two_checkpoints["tfrecords"]), results, *DAMAGE_RUN_STEPS,
+        "--restore_checkpoint", "latest")))
+    assert f"no checkpoint in {checkpoints} reads fully: {bad_files[0]} (" in error
+    assert f"; {bad_files[1]} (" in error
+    assert tree_bytes(results) == before
+
+
+@pytest.mark.slow
+def test_postprocess_passes_over_a_damaged_newest_checkpoint_and_names_a_damaged_explicit_one(
+        two_checkpoints, tmp_path: Path):
+    results = copied_run(two_checkpoints, tmp_path)
+    checkpoints = results / "checkpoints"
+    bad_file = damage.damage(checkpoints / "ckpt-8", "flipped data bytes")
+    before = tree_bytes(results)
+    from_folder = run_program("postprocess_pretrained_ckpt.py", "--pretrained_checkpoint", str(checkpoints),
+                              "--output_dir", str(tmp_path / "from_folder"))
+    assert from_folder.returncode == 0, from_folder.stderr[-3000:]
+    assert f"WARNING training: checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in from_folder.stderr
+    assert f"Wrote the discriminator of {checkpoints / 'ckpt-4'}" in from_folder.stderr
+    error = one_line_error(run_program("postprocess_pretrained_ckpt.py", "--pretrained_checkpoint",
+                                       str(checkpoints / "ckpt-8"), "--output_dir", str(tmp_path / "explicit")))
+    assert f"checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in error
+    assert not (tmp_path / "explicit").exists()
+    assert tree_bytes(results) == before  # converting moves nothing

@@ -209,6 +209,24 @@ def test_non_finite_safetensors_are_refused_naming_the_tensor(discriminator_fold
         load_model_folder(str(discriminator_folder), ElectraDiscriminator)
 
 
+def test_weights_that_are_not_finite_are_never_written(discriminator_folder: Path, tmp_path: Path):
+    """A diverged run's model: no new folder, and an existing folder keeps its files."""
+    model, _ = load_model_folder(str(discriminator_folder), ElectraDiscriminator)
+    before = {p.name: p.read_bytes() for p in discriminator_folder.iterdir()}
+    kernel = model.electra.encoder_layers[1].query.kernel
+    value = kernel.numpy()
+    value[0, 3] = np.nan
+    kernel.assign(value)
+    for folder in (tmp_path / "new", discriminator_folder):
+        with pytest.raises(ModelFolderError, match=(
+                f"^the ElectraDiscriminator to write to {re.escape(str(folder))}: tensor "
+                r"electra.encoder.layer.1.attention.self.query.weight has 1 of 4096 values that are NaN or infinite: "
+                "the run that trained it diverged; refusing to write a model folder of it")):
+            save_model_folder(model, str(folder))
+    assert not (tmp_path / "new").exists()
+    assert {p.name: p.read_bytes() for p in discriminator_folder.iterdir()} == before
+
+
 def test_float64_beyond_float32_range_is_refused(discriminator_folder: Path):
     weights = discriminator_folder / "model.safetensors"
     tensors = load_file(str(weights))

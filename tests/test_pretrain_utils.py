@@ -17,7 +17,7 @@ import pretrain_utils as pu
 import pretraining
 import training
 from safe_io import UserError
-from damaged_tfrecords import damage
+from damaged_tfrecords import damage_record
 from tfrecord_format import RecordState
 
 CLS, SEP, MASK = pu.CLS_ID, pu.SEP_ID, pu.MASK_ID
@@ -577,7 +577,7 @@ DAMAGE_FOUND = {"data flipped": RecordState.BAD_CHECKSUM, "checksum flipped": Re
 @pytest.mark.parametrize("how", DAMAGE_FOUND)
 def test_the_record_a_reader_rejects_is_named_with_its_file(tmp_path, how):
     files = pu.list_pretraining_files(write_shards(tmp_path, NUM_FILES))  # records at the same offsets in each
-    start = damage(Path(files[2]), 4, how)
+    start = damage_record(Path(files[2]), 4, how)
     count, error = read_all(files[2])
     assert count == 4 and "record at" in error.message and files[2] not in error.message  # TensorFlow names no file
     assert pu.find_bad_records(files, error.message) == [pu.BadRecord(files[2], 4, start, DAMAGE_FOUND[how])]
@@ -588,7 +588,7 @@ def test_a_file_cut_inside_a_record_header_reads_as_a_shorter_file(tmp_path):
     """Nothing tells it from a file that ends there: the reader stops silently (docs/troubleshooting.md)."""
     path = tmp_path / "pretrain_data.tfrecord-0-of-1"
     write_records(path, range(RECORDS_PER_FILE), SEQ_LENGTH)
-    damage(path, 4, "header cut")
+    damage_record(path, 4, "header cut")
     assert read_all(str(path)) == (4, None)
 
 
@@ -609,7 +609,7 @@ def record_source(pattern: str, files: list[str], skip: bool) -> pretraining.Rec
 def test_a_bad_record_stops_the_source_naming_it(tmp_path):
     pattern = write_shards(tmp_path, NUM_FILES)
     files = pu.list_pretraining_files(pattern)
-    start = damage(Path(files[1]), 3, "data cut")
+    start = damage_record(Path(files[1]), 3, "data cut")
     source = record_source(pattern, files, skip=False)
     reads = [source.read_step(2) for _ in range(5)]  # an epoch: 24 - 3 records in 4-record steps
     stops = [bad for _, bad in reads if bad is not None]
@@ -620,7 +620,7 @@ def test_a_bad_record_stops_the_source_naming_it(tmp_path):
 def test_with_skip_bad_records_the_rest_of_the_file_is_skipped_each_epoch_with_a_warning(tmp_path, caplog):
     pattern = write_shards(tmp_path, NUM_FILES)
     files = pu.list_pretraining_files(pattern)
-    start = damage(Path(files[1]), 3, "data flipped")  # file 1 holds ids 6-11: 9, 10 and 11 are never read
+    start = damage_record(Path(files[1]), 3, "data flipped")  # file 1 holds ids 6-11: 9, 10 and 11 are never read
     source = record_source(pattern, files, skip=True)
     seen = set()
     with caplog.at_level(logging.WARNING):
@@ -639,7 +639,7 @@ def test_skipping_gives_up_when_no_batch_can_be_read(tmp_path):
     dropped), so skipping would go on forever."""
     pattern = write_shards(tmp_path, 1)
     files = pu.list_pretraining_files(pattern)
-    start = damage(Path(files[0]), 1, "data cut")
+    start = damage_record(Path(files[0]), 1, "data cut")
     iterator = iter(pu.pretraining_dataset(pattern, 2, SEQ_LENGTH, seed=1, shuffle_buffer=4))
     source = pretraining.RecordBatchSource(iterator, files=files, skip_bad_records=True)
     assert source.read_step(1) == ([], training.BadInput(
@@ -651,7 +651,7 @@ def test_files_without_a_readable_record_stop_the_source(tmp_path):
     pattern = write_shards(tmp_path, 2)
     files = pu.list_pretraining_files(pattern)
     for path in files:
-        damage(Path(path), 0, "data cut")
+        damage_record(Path(path), 0, "data cut")
     batches, bad = record_source(pattern, files, skip=True).read_step(1)
     assert batches == [] and bad == training.BadInput(
         "none of the 2 pretraining files this process reads holds a readable record", pretraining.REBUILD_FIX)

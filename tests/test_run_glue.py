@@ -1,11 +1,13 @@
 """run_tf_glue.py end to end on the Austen demonstration tasks (data/austen_glue_tasks.py): a small
 model from random weights learns each task well above chance on held-out chapters; the fine-tuned
 folder predicts the same without training, opens in transformers with the same logits, and
-classifies one text with run_glue_inference.py; the launcher; bad inputs give one-line errors."""
+classifies one text with run_glue_inference.py; the launcher; bad inputs give one-line errors; a
+damaged newest checkpoint is passed over when the run resumes."""
 from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import torch
 import transformers
 
+import damage
 import glue_utils
 import run_glue_inference
 import run_tf_glue
@@ -141,6 +144,30 @@ def test_bad_inputs_are_one_line_errors(austen_tasks: Path, small_discriminator:
         assert len(messages) == 1 and expected in messages[0] and "\n" not in messages[0], (name, messages)
 
 
+def test_a_diverging_fine_tuning_run_stops_with_one_line_and_writes_no_model(austen_tasks: Path,
+                                                                             small_discriminator: Path,
+                                                                             tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """--learning_rate 1e6: after a few applied steps every step is skipped; the 21st in a row
+    stops the run (the loop is pretraining's too) before any checkpoint or model folder."""
+    output = tmp_path / "run"
+    argv = glue_args("austen-novel", austen_tasks / "austen-novel", output, small_discriminator, "--do_train",
+                     "--do_eval", "--max_steps", "40", "--learning_rate", "1e6", "--train_batch_size", "8",
+                     "--max_seq_length", "32", "--log_freq", "5")
+    with caplog.at_level(logging.INFO):
+        assert run_tf_glue.main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert re.match(r"step (\d+): 21 optimizer steps in a row were skipped \(steps \d+-\1: gradients not finite; the "
+                    r"last finite loss \S+ at step \d+\), more than --max_consecutive_skipped_steps 20: the run has "
+                    r"diverged. Stopped without saving a checkpoint \(skipped steps leave the weights unchanged\); no "
+                    r"checkpoint had been saved. Fix: lower --learning_rate", errors[0]), errors[0]
+    assert not any(r.getMessage().startswith("Done") for r in caplog.records)
+    assert not (output / "model").exists() and not list((output / "checkpoints").glob("ckpt-*"))
+    logged = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1]["skipped_steps"] >= 16  # the log shows the divergence as it happens
+
+
 def test_launcher_help_has_no_side_effects_and_every_flag_has_help(repo_root: Path, tmp_path: Path) -> None:
     result = subprocess.run(["bash", str(repo_root / "scripts" / "run_glue.sh"), "--help"], cwd=tmp_path, capture_output=True, text=True,
                             env={"PATH": "/usr/bin:/bin", "ELECTRA_VENV": "/nonexistent"}, timeout=30)
@@ -206,3 +233,40 @@ def test_glue_layout_gives_both_mnli_dev_sets_and_all_three_submission_files(aus
         "--train_batch_size", "8", "--max_seq_length", "48")))
     assert again["train_steps"] == 2
     assert json.loads((output / "eval_results.json").read_text()) == results
+
+
+def test_a_resumed_fine_tuning_passes_over_a_damaged_newest_checkpoint(small_discriminator: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Two epochs of 4 steps (checkpoints 4 and 8); ckpt-8 damaged: the same command warns naming
+    the file, trains from ckpt-4 to the uninterrupted run's ckpt-8, and keeps the damaged one set
+    aside. With every checkpoint damaged: one error line naming them."""
+    data = tmp_path / "task"
+    data.mkdir()
+    words = ["pride", "prejudice", "sense", "sensibility"]
+    (data / "train.tsv").write_text("text_a\tlabel\n" + "".join(
+        f"{words[i % 4]} and {words[(i * 3) % 4]} chapter {i}\t{'yes' if i % 3 else 'no'}\n" for i in range(16)))
+    output = tmp_path / "run"
+    argv = glue_args("mine", data, output, small_discriminator, "--do_train", "--train_batch_size", "4",
+                     "--num_train_epochs", "2", "--max_seq_length", "16", "--log_freq", "2")
+    assert run_tf_glue.main(argv) == 0
+    checkpoints = output / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("ckpt-*.index")) == ["ckpt-4.index", "ckpt-8.index"]
+    uninterrupted = damage.checkpoint_tensors(checkpoints / "ckpt-8")
+    bad_file = damage.damage(checkpoints / "ckpt-8", "truncated data")
+    damaged = damage.files_of(checkpoints / "ckpt-8")
+
+    with caplog.at_level(logging.INFO):
+        assert run_tf_glue.main(argv) == 0
+    assert f"checkpoint {checkpoints / 'ckpt-8'} is unreadable: {bad_file} (" in caplog.text
+    assert f"Resumed from {checkpoints / 'ckpt-4'} at step 4" in caplog.text
+    damage.assert_same_tensors(damage.checkpoint_tensors(checkpoints / "ckpt-8"), uninterrupted)
+    assert damage.files_of(next(checkpoints.glob("unreadable-*")) / "ckpt-8") == damaged
+
+    bad_files = [damage.damage(checkpoints / name, "truncated index") for name in ("ckpt-8", "ckpt-4")]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert run_tf_glue.main(argv) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith(f"no checkpoint in {checkpoints} reads fully: {bad_files[0]} (")
+    assert f"; {bad_files[1]} (" in errors[0]

@@ -17,6 +17,7 @@ import tensorflow as tf
 import pretrain_utils
 import run_pretraining
 import run_utils
+import training
 from configuration import ElectraConfig, PretrainingObjective
 from model_folder import save_model_folder
 from modeling import (ElectraDiscriminator, ElectraGenerator, ElectraPretrainingModel, masked_lm_loss,
@@ -321,7 +322,8 @@ def test_init_checkpoint_loads_hugging_face_model_folders(repo_root, tiny_config
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
 def test_mixed_precision_xla_steps_train_with_float32_master_weights(precision, tiny_config_file, austen_tfrecords,
                                                                      tmp_path):
-    """The GPU paths on the CPU: fp16 (with dynamic loss scaling) or bf16 compute under XLA."""
+    """The GPU paths on the CPU: fp16 (with dynamic loss scaling) or bf16 compute under XLA. The
+    default --max_consecutive_skipped_steps lets fp16's skipped steps at the start pass."""
     args = run_pretraining.parse_args(
         ["--model_config", tiny_config_file, "--generator_hidden_size", "1.0", "--pretrain_tfrecords",
          austen_tfrecords["train"], "--train_batch_size", "4", "--num_train_steps", "8", "--num_warmup_steps", "1",
@@ -345,6 +347,22 @@ def test_mixed_precision_xla_steps_train_with_float32_master_weights(precision, 
     dtypes = {model_weights.get_variable_to_dtype_map()[n] for n, _ in tf.train.list_variables(
         str(tmp_path / "checkpoints" / "ckpt-8")) if n.startswith("optimizer/_trainable_variables/")}
     assert dtypes == {tf.float32}
+
+
+def test_float16s_skipped_steps_at_the_start_stop_a_run_only_under_a_lower_limit(tiny_config_file, austen_tfrecords,
+                                                                                 tmp_path):
+    """The float16 run above skips its first steps in a row while the loss scale comes down and
+    finishes under the default limit; a limit of 2 stops it at step 3, pointing at the scale."""
+    args = run_pretraining.parse_args(
+        ["--model_config", tiny_config_file, "--generator_hidden_size", "1.0", "--pretrain_tfrecords",
+         austen_tfrecords["train"], "--train_batch_size", "4", "--num_train_steps", "8", "--num_warmup_steps", "1",
+         "--amp", "--amp_dtype", "float16", "--max_consecutive_skipped_steps", "2", "--results_dir", str(tmp_path)])
+    with pytest.raises(training.TrainingDiverged, match=(
+            r"^step 3: 3 optimizer steps in a row were skipped \(steps 1-3: gradients not finite; the last finite "
+            r"loss \S+ at step 3\), more than --max_consecutive_skipped_steps 2: .* if loss_scale was still falling "
+            r"in the log, raise --max_consecutive_skipped_steps$")):
+        run_pretraining.train(args)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 # ----------------------------------------------------------------------------- learning on real text

@@ -1,16 +1,22 @@
 """training.py, the loop every training program runs, on a small regression model: when it logs
 and checkpoints, the hooks it calls, a stopped and resumed run ending with the weights of an
-uninterrupted one (dropout included), and a stop on unreadable input (on this rank or another)."""
+uninterrupted one (dropout included), damaged checkpoints (the newest that reads is resumed,
+the others are set aside, never deleted, and the choice is the chief's on every rank), and a stop
+on unreadable input (on this rank or another)."""
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import damage
 import distributed
 import finetuning
 import optimization
@@ -63,26 +69,48 @@ class Recorder(training.LoopHook):
         self.saved.append((step, path))
 
 
-def run(directory: Path, last_step: int, hooks_for=lambda stop: [], init_seed: int = 0, wrap_source=lambda s: s,
-        engine: distributed.SingleProcess | None = None):
-    """A fresh model (weights from `init_seed`) trained by the loop from DIRECTORY's newest
-    checkpoint (if any) to `last_step`, on the batch source `wrap_source` makes of the data's;
-    returns the model, the loop's result and the hooks."""
+def poisoned(losses: dict[str, tf.Tensor], seed: tf.Tensor, bad_steps: Collection[int]) -> dict[str, tf.Tensor]:
+    """The loss times NaN at the (1-based) optimizer steps `bad_steps`, as a diverged model gives:
+    every gradient of those steps is NaN."""
+    bad = tf.reduce_any(tf.equal(seed[1] + 1, tf.constant(sorted(bad_steps), tf.int64)))
+    return {**losses, "total_loss": losses["total_loss"] * tf.where(bad, float("nan"), 1.0)}
+
+
+def tiny_run(directory: Path, init_seed: int = 0, engine: distributed.SingleProcess | None = None,
+             input_state: Any = None, bad_steps: Collection[int] = (), keep: int = 10
+             ) -> tuple[TinyRegressor, optimization.Trainer, training.TrainingCheckpoint]:
+    """A fresh model (weights from `init_seed`), its trainer (NaN at `bad_steps`) and its
+    checkpoint in DIRECTORY."""
     keras.utils.set_random_seed(init_seed)
     model = TinyRegressor()
     optimizer = optimization.create_optimizer(
         "adam", optimization.WarmupPolynomialDecay(0.05, 2, 12), weight_decay_rate=0.0, beta_1=0.9, beta_2=0.999,
         epsilon=1e-6, skip_adaptive=False)
     optimizer.build(model.trainable_variables)
-    trainer = run_utils.make_trainer(STEP_SETTINGS, lambda batch, seed, row: model.training_losses(batch),
+    trainer = run_utils.make_trainer(STEP_SETTINGS,
+                                     lambda batch, seed, row: poisoned(model.training_losses(batch), seed, bad_steps),
                                      model.trainable_variables, optimizer)
-    checkpoint = training.TrainingCheckpoint(str(directory), model, trainer, keep=10, total_steps=12)
-    if checkpoint.newest():
-        checkpoint.resume(checkpoint.newest())
+    checkpoint = training.TrainingCheckpoint(str(directory), model, trainer, keep=keep, engine=engine,
+                                             input_state=input_state, total_steps=12)
+    return model, trainer, checkpoint
+
+
+def run(directory: Path, last_step: int, hooks_for=lambda stop: [], init_seed: int = 0,
+        bad_steps: Collection[int] = (), wrap_source=lambda source: source,
+        engine: distributed.SingleProcess | None = None, **plan_settings):
+    """A fresh model (weights from `init_seed`) trained by the loop from DIRECTORY's newest
+    checkpoint (if any) to `last_step`, on the batch source `wrap_source` makes of the data's
+    (and with `engine`'s agreements); returns the model, the loop's result and the hooks.
+    `plan_settings` change the TrainingPlan's (a checkpoint every 4 steps)."""
+    model, trainer, checkpoint = tiny_run(directory, init_seed, bad_steps=bad_steps)
+    path = checkpoint.newest()
+    if path is not None:
+        checkpoint.resume(path)
     first_batch = int(checkpoint.step.numpy()) * STEP_SETTINGS.gradient_accumulation_steps
     source = wrap_source(training.BatchSource(finetuning.epoch_batches(regression_data(), BATCH, seed=5,
                                                                        first_batch=first_batch)))
-    plan = training.TrainingPlan(last_step=last_step, log_every=3, checkpoint_every=4, sequences_per_step=2 * BATCH)
+    plan = training.TrainingPlan(last_step=last_step, log_every=3, sequences_per_step=2 * BATCH,
+                                 **{"checkpoint_every": 4, **plan_settings})
     stop = argparse.Namespace(signal_name=None)
     hooks = hooks_for(stop)
     result = training.run_training_loop(trainer, source, plan, checkpoint, engine or distributed.SingleProcess(),
@@ -118,6 +146,174 @@ def test_a_stopped_run_resumes_to_the_weights_of_an_uninterrupted_one(tmp_path: 
         np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-6, atol=1e-7)
     assert not np.allclose(stopped.trainable_variables[0].numpy(), straight.trainable_variables[0].numpy())
 
+
+# ----------------------------------------------------------------------------- divergence
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_too_many_skipped_steps_in_a_row_stop_the_run_without_saving(tmp_path: Path):
+    """Steps 6 on are NaN: the checkpoint due at step 6 waits, and the 4th skipped step in a row
+    (more than 3) stops the run; the checkpoints of steps 2 and 4 are all there is."""
+    with pytest.raises(training.TrainingDiverged) as stopped:
+        run(tmp_path, last_step=12, bad_steps=range(6, 13), checkpoint_every=2, max_consecutive_skipped_steps=3)
+    message = str(stopped.value)
+    assert message.startswith("step 9: 4 optimizer steps in a row were skipped (steps 6-9: gradients not finite; "
+                              "the last finite loss ")
+    assert "at step 5), more than --max_consecutive_skipped_steps 3: the run has diverged" in message
+    assert f"the newest checkpoint, {tmp_path / 'ckpt-4'}, is kept" in message and "\n" not in message
+    assert "loss_scale" not in message  # float32: no loss scale to wait for
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
+                                                          "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+
+
+def test_a_checkpoint_due_amid_skipped_steps_waits_for_a_step_that_trains(tmp_path: Path, caplog):
+    """Step 4 is skipped: its checkpoint is saved after step 5. The last step is saved even when
+    skipped (the run's end), with a warning."""
+    with caplog.at_level(logging.WARNING, logger="training"):
+        _, result, hooks = run(tmp_path, last_step=8, hooks_for=lambda stop: [Recorder()], bad_steps={4, 8},
+                               checkpoint_every=2)
+    assert [step for step, _ in hooks[0].saved] == [2, 5, 6, 8]
+    assert result.step == 8 and result.skipped_steps == 2
+    assert "step 8: saving after 1 skipped steps in a row" in caplog.text
+
+
+def test_weights_that_are_not_finite_are_never_saved(tmp_path: Path):
+    model, _, checkpoint = tiny_run(tmp_path, keep=1)
+    checkpoint.step.assign(3)
+    good = checkpoint.save()
+    before = folder_bytes(tmp_path)
+    kernel = model.out.kernel
+    kernel.assign(tf.tensor_scatter_nd_update(kernel, [[2, 0]], [float("inf")]))
+    checkpoint.step.assign(4)
+    with pytest.raises(training.TrainingDiverged) as refused:
+        checkpoint.save()
+    assert str(refused.value).startswith(f"step 4: the weights are not finite ({optimization.variable_path(kernel)}: "
+                                         "1 of 8 values are NaN or infinite): the run has diverged. Refused to save")
+    assert f"the newest checkpoint, {good}, is kept" in str(refused.value)
+    assert folder_bytes(tmp_path) == before  # keep=1: a save would have deleted the good one
+
+
+def test_the_default_limit_lets_float16s_loss_scale_come_down_from_its_start():
+    """A healthy float16 run skips steps at its start until the scale fits its gradients: at
+    most one per halving from the initial scale to the minimum, fewer than the default limit."""
+    scale = optimization.DynamicLossScale()
+    halvings = 0
+    while float(scale.value) > scale.min_scale:
+        assert not bool(scale.update([tf.constant([np.inf])]))
+        halvings += 1
+    assert halvings == 15 < training.DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
+
+
+# ----------------------------------------------------------------------------- damaged checkpoints
+
+def weights(model: keras.Model) -> dict[str, np.ndarray]:
+    return {str(i): v.numpy() for i, v in enumerate(model.trainable_variables)}
+
+
+@pytest.mark.parametrize("kind", sorted(damage.DAMAGES))
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_resumed(kind: str, tmp_path: Path, caplog):
+    """A run with checkpoints 4 and 8 whose ckpt-8 is damaged resumes from ckpt-4 with a warning
+    naming the file, ends with an uninterrupted run's weights, and keeps the damaged files, moved
+    aside and forgotten by the CheckpointState, instead of writing its own ckpt-8 over them."""
+    straight, _, _ = run(tmp_path / "straight", last_step=12)
+    directory = tmp_path / "damaged"
+    run(directory, last_step=8)
+    bad_file = damage.damage(directory / "ckpt-8", kind)
+    damaged = damage.files_of(directory / "ckpt-8")
+    with caplog.at_level(logging.WARNING, logger="training"):
+        resumed, result, _ = run(directory, last_step=12, init_seed=99)
+    assert f"checkpoint {directory / 'ckpt-8'} is unreadable: {bad_file} (" in caplog.text
+    assert f"using the previous one, {directory / 'ckpt-4'}" in caplog.text
+    assert result.step == 12
+    damage.assert_same_tensors(weights(resumed), weights(straight), atol=1e-7)
+    aside = list(directory.glob("unreadable-*"))
+    assert len(aside) == 1 and damage.files_of(aside[0] / "ckpt-8") == damaged
+    state = tf.train.get_checkpoint_state(str(directory))
+    assert [Path(p).name for p in state.all_model_checkpoint_paths] == ["ckpt-4", "ckpt-8", "ckpt-12"]
+    assert training.checkpoint_problem(str(directory / "ckpt-8")) is None  # saved anew
+
+
+def test_when_no_checkpoint_reads_one_error_names_the_folder_and_every_bad_file(tmp_path: Path):
+    run(tmp_path, last_step=8)
+    bad_files = [damage.damage(tmp_path / "ckpt-8", "truncated index"),
+                 damage.damage(tmp_path / "ckpt-4", "flipped data bytes")]
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(training.UnreadableCheckpoint) as error:
+        run(tmp_path, last_step=12)
+    message = str(error.value)
+    assert message.startswith(f"no checkpoint in {tmp_path} reads fully: {bad_files[0]} (")
+    assert f"; {bad_files[1]} (" in message and "\n" not in message
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing moved or deleted
+
+
+def test_choose_checkpoint_takes_a_folders_newest_readable_one_but_refuses_an_unreadable_path(tmp_path: Path,
+                                                                                              caplog):
+    run(tmp_path, last_step=8)
+    bad_file = damage.damage(tmp_path / "ckpt-8", "truncated data")
+    for spec in ("latest", str(tmp_path)):
+        assert training.choose_checkpoint(spec, str(tmp_path)).path == str(tmp_path / "ckpt-4")
+    assert f"unreadable: {bad_file} (OutOfRangeError: Read less bytes than requested)" in caplog.text
+    with pytest.raises(training.UnreadableCheckpoint, match=f"checkpoint {tmp_path / 'ckpt-8'} is unreadable: "
+                                                            f"{bad_file} \\(OutOfRangeError"):
+        training.choose_checkpoint(str(tmp_path / "ckpt-8"), str(tmp_path))
+    assert (tmp_path / "ckpt-8.index").exists()  # choosing alone moves nothing
+
+
+class TwoRanksInOneProcess(distributed.SingleProcess):
+    """Rank `rank` of 2: the chief's broadcasts go to `channel`, rank 1 receives them in order."""
+
+    def __init__(self, rank: int, channel: list):
+        super().__init__()
+        self.rank, self.size, self.channel, self.received = rank, 2, channel, 0
+
+    def broadcast_from_chief(self, variables) -> None:
+        if self.is_chief:
+            self.channel.append([v.numpy() for v in variables])
+            return
+        for variable, value in zip(variables, self.channel[self.received]):
+            variable.assign(value)
+        self.received += 1
+
+
+def save_at(checkpoint: training.TrainingCheckpoint, *steps: int) -> None:
+    for step in steps:
+        checkpoint.step.assign(step)
+        checkpoint.save()
+
+
+def test_every_rank_resumes_the_checkpoint_the_chief_chose_and_its_parts_are_set_aside_together(tmp_path: Path):
+    channel: list = []
+    ranks = [tiny_run(tmp_path, engine=TwoRanksInOneProcess(rank, channel),
+                      input_state=iter(tf.data.Dataset.range(100)))[2] for rank in (0, 1)]
+    for checkpoint in ranks:
+        save_at(checkpoint, 4, 8)
+    assert (tmp_path / "rank1" / "ckpt-8.index").exists()
+    damage.damage(tmp_path / "ckpt-8", "flipped data bytes")
+    # Rank 1 reads none of the chief's files to choose: it takes what the chief sends.
+    chosen = [checkpoint.choose("latest") for checkpoint in ranks]
+    assert chosen == [str(tmp_path / "ckpt-4")] * 2
+    aside = next(tmp_path.glob("unreadable-*"))
+    assert sorted(str(p.relative_to(aside)) for p in aside.rglob("*.index")) == ["ckpt-8.index", "rank1/ckpt-8.index"]
+    for folder in (tmp_path, tmp_path / "rank1"):
+        state = tf.train.get_checkpoint_state(str(folder))
+        assert [Path(p).name for p in state.all_model_checkpoint_paths] == ["ckpt-4"]
+    ranks[1].resume(chosen[1])
+    assert int(ranks[1].step.numpy()) == 4
+
+    bad_part = damage.damage(tmp_path / "rank1" / "ckpt-4", "truncated index")
+    with pytest.raises(training.UnreadableCheckpoint, match=f"rank 1's part of checkpoint {chosen[1]} is "
+                                                            f"unreadable: {bad_part}"):
+        ranks[1].resume(chosen[1])
+    damage.damage(tmp_path / "ckpt-4", "truncated index")
+    with pytest.raises(training.UnreadableCheckpoint, match=f"no checkpoint in {tmp_path} reads fully"):
+        ranks[0].choose("latest")
+    with pytest.raises(training.UnreadableCheckpoint, match="rank 1: rank 0 found no checkpoint"):
+        ranks[1].choose("latest")
+
+
+# ----------------------------------------------------------------------------- unreadable input
 
 class FailingSource(training.BatchSource):
     """Reports unreadable input when it reads the micro-batches of step `fail_at` (0-based)."""
