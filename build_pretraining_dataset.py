@@ -47,10 +47,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-import google_crc32c
-
 import tokenization
 from safe_io import STAGING_NAME, UserError, staged_outputs, writable_output_dir
+from tfrecord_format import masked_crc
 
 logger = logging.getLogger("build_pretraining_dataset")
 
@@ -366,12 +365,7 @@ def tfrecord(data: bytes) -> bytes:
     """One TFRecord: little-endian uint64 length, masked CRC-32C of the length, data, masked
     CRC-32C of the data."""
     length = struct.pack("<Q", len(data))
-    return b"".join((length, _masked_crc(length), data, _masked_crc(data)))
-
-
-def _masked_crc(data: bytes) -> bytes:
-    crc = google_crc32c.value(data)
-    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+    return b"".join((length, masked_crc(length), data, masked_crc(data)))
 
 
 def unreadable_reason(path: Path) -> str | None:

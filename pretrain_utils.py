@@ -14,9 +14,11 @@ mode and under XLA. docs/performance.md explains the scheme.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
+import re
 import struct
 from typing import NamedTuple, Sequence
 
@@ -24,6 +26,7 @@ import tensorflow as tf
 from google.protobuf import message
 
 from safe_io import UserError
+from tfrecord_format import HEADER_BYTES, RecordState, read_length, record_index, record_state
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ def pretraining_dataset(file_patterns: str, batch_size: int, max_seq_length: int
     _check_pipeline_args(batch_size, max_seq_length, rank, world_size, shuffle_buffer)
     files = list_pretraining_files(file_patterns)
     shard_by_file = len(files) >= world_size
-    rank_files = files[rank::world_size] if shard_by_file else files
+    rank_files = files_of_rank(files, rank, world_size)
     for path in rank_files:
         check_record_length(path, max_seq_length)
     logger.info("rank %d of %d reads %d of %d pretraining files (sharded by %s)", rank, world_size,
@@ -80,6 +83,12 @@ def pretraining_dataset(file_patterns: str, batch_size: int, max_seq_length: int
     batches = batches.map(lambda filenames, serialized: parse_batch(filenames, serialized, max_seq_length),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def files_of_rank(files: Sequence[str], rank: int, world_size: int) -> list[str]:
+    """The files rank `rank` reads: every world_size-th, or all of them when there are fewer
+    files than ranks (the rank then keeps every world_size-th record)."""
+    return list(files[rank::world_size] if len(files) >= world_size else files)
 
 
 def first_record(path: str) -> bytes | None:
@@ -163,6 +172,76 @@ def _assert_feature_length(name: str, values: tf.RaggedTensor, filenames: tf.Ten
         + str(max_seq_length) + " (were the TFRecords built with another --max_seq_length?)",
         (filenames[first_wrong], lengths[first_wrong]))
     return tf.debugging.Assert(tf.logical_not(tf.reduce_any(wrong)), [message])
+
+
+# ----------------------------------------------------------------------------- unreadable records
+
+READER_ERROR = re.compile(r"(corrupted|truncated) record at (\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRecord:
+    """A record TensorFlow's reader rejects: its file, its index (0 = the first), where it starts."""
+
+    path: str
+    index: int
+    offset: int
+    state: RecordState
+
+    def __str__(self) -> str:
+        return f"{self.path}: record {self.index} (at byte {self.offset}) {self.state.value}"
+
+
+def find_bad_records(files: Sequence[str], reader_message: str) -> list[BadRecord]:
+    """The records of `files` a reader error ("corrupted record at N", "truncated record at N";
+    TensorFlow names no file) is about. Searched only when the error happens: first for a record
+    with a valid header whose data is cut short or corrupt there (a few bytes read per file); if
+    none, for a corrupt header at N (each file's headers walked up to N)."""
+    match = READER_ERROR.search(reader_message)
+    if match is None:
+        return []
+    kind, offset = match.group(1), int(match.group(2))
+    start = offset if kind == "truncated" else offset - HEADER_BYTES  # "corrupted" data: N is past the header
+    found = [bad for path in files if (bad := _bad_data_at(path, start))]
+    if not found and kind == "corrupted":
+        found = [bad for path in files if (bad := _bad_header_at(path, offset))]
+    return found
+
+
+def _bad_data_at(path: str, start: int) -> BadRecord | None:
+    """The record starting at byte `start` of `path`, if it has a valid header but is cut short or corrupt."""
+    size = tf.io.gfile.stat(path).length
+    if not 0 <= start <= size - HEADER_BYTES:  # tf.io.gfile cannot seek past the end
+        return None
+    with tf.io.gfile.GFile(path, "rb") as file:
+        state = record_state(file, size, start)
+        if state not in (RecordState.CUT_SHORT, RecordState.BAD_CHECKSUM):
+            return None
+        index = record_index(file, start)
+    return None if index is None else BadRecord(path, index, start, state)
+
+
+def _bad_header_at(path: str, start: int) -> BadRecord | None:
+    """The record starting at byte `start` of `path`, if its header is corrupt."""
+    if tf.io.gfile.stat(path).length < start + HEADER_BYTES:
+        return None
+    with tf.io.gfile.GFile(path, "rb") as file:
+        if read_length(file, start) is not None:
+            return None
+        index = record_index(file, start)
+    return None if index is None else BadRecord(path, index, start, RecordState.BAD_HEADER)
+
+
+def describe_reader_error(files: Sequence[str], error: tf.errors.DataLossError) -> str:
+    """One line naming the file(s) and record(s) of a reader error, or saying none was found."""
+    bad = find_bad_records(files, error.message)
+    if bad:
+        return "; ".join(map(str, bad))
+    match = READER_ERROR.search(error.message)
+    what = match.group(0) if match else " ".join(error.message.split())
+    return (f"the TFRecord reader reported \"{what}\", but none of the {len(files)} files this process reads has "
+            "a bad record there now (a checkpoint written after the reader met a bad record, which it reads "
+            "ahead, replays the error even once the file is fixed)")
 
 
 # ----------------------------------------------------------------------------- random numbers

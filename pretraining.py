@@ -1,20 +1,32 @@
-"""Pretraining's model, optimizer, training step and metrics, built from the run's settings: the
-flags of `add_model_flags` and `add_optimizer_flags` with run_utils' precision and engine flags.
-run_pretraining.py trains with them; scripts/benchmark_pretraining.py times the same step.
+"""Pretraining's model, optimizer, training step, metrics and batch source, built from the run's
+settings: the flags of `add_model_flags` and `add_optimizer_flags` with run_utils' precision and
+engine flags. run_pretraining.py trains with them; scripts/benchmark_pretraining.py times the same
+step.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+from typing import Any, ClassVar, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
 import distributed
 import optimization
+import pretrain_utils
 import run_utils
+import training
 from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective
 from modeling import ElectraPretrainingModel
 from safe_io import UserError
+
+logger = logging.getLogger(__name__)
+BAD_RECORD_FIX = ("rebuild that file (the same build_pretraining_dataset.py command writes the same files) or copy "
+                  "it again, then resume with --restore_checkpoint latest; or resume with --skip_bad_records to skip "
+                  "from that record to the end of its file each epoch")
+REBUILD_FIX = "rebuild the pretraining files with build_pretraining_dataset.py"
 
 
 def add_model_flags(group: argparse._ArgumentGroup) -> None:
@@ -121,3 +133,46 @@ def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel,
 
     return run_utils.make_trainer(args, loss_fn, model.trainable_variables,
                                   build_optimizer(args, model.trainable_variables), engine)
+
+
+@dataclasses.dataclass
+class RecordBatchSource(training.BatchSource):
+    """Pretraining's micro-batches from its TFRecords (`files`: those this process reads). A
+    record the reader rejects (cut short or corrupt) is named with its file; with
+    `skip_bad_records` it is skipped with a warning, else the loop saves a checkpoint and stops.
+
+    The skip happens here, not in the tf.data pipeline (`ignore_errors` would change the
+    iterator's checkpoint), so checkpoints are the same with or without it. TensorFlow's reader
+    ends a file at its first bad record: the rest of that file is skipped for the epoch, as are
+    the records already gathered into the batch being built.
+    """
+
+    files: Sequence[str] = ()
+    skip_bad_records: bool = False
+    reports_bad_input: ClassVar[bool] = True
+
+    def read_step(self, count: int) -> tuple[list[Mapping[str, Any]], training.BadInput | None]:
+        batches: list[Mapping[str, Any]] = []
+        failures = 0  # reader errors since the last batch
+        while len(batches) < count:
+            try:
+                batches.append(next(self.batches))
+                failures = 0
+            except tf.errors.DataLossError as error:
+                failures += 1
+                bad_input = self.skip_or_stop(pretrain_utils.describe_reader_error(self.files, error), failures)
+                if bad_input:
+                    return batches, bad_input
+            except StopIteration:  # the repeated dataset ends only when a whole epoch gave no record
+                return batches, training.BadInput(f"none of the {len(self.files)} pretraining files this process "
+                                                  "reads holds a readable record", REBUILD_FIX)
+        return batches, None
+
+    def skip_or_stop(self, where: str, failures: int) -> training.BadInput | None:
+        """Skip the bad record (None) with a warning, or the input to stop on."""
+        if not self.skip_bad_records:
+            return training.BadInput(where, BAD_RECORD_FIX)
+        if failures > 2 * len(self.files):  # each file fails at most once an epoch: two epochs gave no batch
+            return training.BadInput(f"{where}, and {failures} bad records in a row gave no batch", REBUILD_FIX)
+        logger.warning("skipping %s, and the rest of that file this epoch (--skip_bad_records)", where)
+        return None

@@ -5,7 +5,9 @@ sequences; the averaged gradient is unscaled (fp16), checked for inf/NaN (a bad 
 clipped to global norm 1.0 and applied by LAMB or AdamW. Checkpoints hold the model, the
 optimizer, the loss scale, the step and the input position, so `--restore_checkpoint latest`
 continues a run as if it had never stopped; SIGTERM/SIGINT (e.g. Slurm pre-emption) saves one
-and exits 0.
+and exits 0. A TFRecord record the reader rejects (corrupt, or cut short) stops every process with
+a checkpoint at the last completed step and an error naming its file and record (exit 1), or is
+skipped with a warning under --skip_bad_records.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import run_utils  # noqa: E402
 import training  # noqa: E402
 from model_folder import assign_tensors, read_tensors, resolve_pretraining_folders  # noqa: E402
 from modeling import ElectraPretrainingModel  # noqa: E402
-from pretraining import PretrainingMetrics, build_model, build_trainer  # noqa: E402
+from pretraining import PretrainingMetrics, RecordBatchSource, build_model, build_trainer  # noqa: E402
 from run_utils import RUN_CONFIG_FILE, MetricsLog  # noqa: E402
 
 logger = logging.getLogger("run_pretraining")
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--pretrain_tfrecords", required=True, help="comma-separated glob(s) of pretraining TFRecords")
     data.add_argument("--train_batch_size", type=int, default=176, help="sequences per micro-batch per process")
     data.add_argument("--shuffle_buffer", type=int, default=10000, help="records in the shuffle buffer")
+    data.add_argument("--skip_bad_records", action=argparse.BooleanOptionalAction, default=False,
+                      help="on a corrupt or cut-short TFRecord record, warn (naming the file and record) and skip "
+                           "from it to the end of its file for that epoch; without, the run saves a checkpoint at "
+                           "the last completed step and stops with an error naming them")
     pretraining.add_optimizer_flags(parser.add_argument_group("optimisation"))
     speed = parser.add_argument_group("precision, speed and processes")
     run_utils.add_precision_flags(speed, xla_help="XLA-compile the training step")
@@ -141,6 +147,13 @@ def save_run_config(args: argparse.Namespace, model: ElectraPretrainingModel) ->
     run_utils.write_json(os.path.join(args.results_dir, RUN_CONFIG_FILE), content, sort_keys=True)
 
 
+def batch_source(args: argparse.Namespace, iterator: Any, engine: distributed.SingleProcess) -> RecordBatchSource:
+    """The loop's batches; a bad record is named among the files this process reads."""
+    files = pretrain_utils.files_of_rank(pretrain_utils.list_pretraining_files(args.pretrain_tfrecords), engine.rank,
+                                         engine.size)
+    return RecordBatchSource(iterator, files=files, skip_bad_records=args.skip_bad_records)
+
+
 def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = None) -> dict[str, Any]:
     """Run (or continue) the phase; returns the final step and the last logged metrics (and
     `stopped_by`, the cause, when a signal stopped it early)."""
@@ -170,8 +183,8 @@ def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = N
     log = MetricsLog(args.log_dir, args.json_summary) if engine.is_chief else None
     try:
         with run_utils.stop_requests() as stop:
-            result = training.run_training_loop(trainer, training.BatchSource(iterator), plan, state, engine, stop,
-                                                metrics=PretrainingMetrics(), hooks=[log] if log else [])
+            result = training.run_training_loop(trainer, batch_source(args, iterator, engine), plan, state, engine,
+                                                stop, metrics=PretrainingMetrics(), hooks=[log] if log else [])
     finally:
         if log:
             log.close()

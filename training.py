@@ -14,10 +14,12 @@ what differs between programs comes in as arguments:
 - `WindowMetrics` (what a log line averages; `MeanOutputs` by default) and `LoopHook`s (called
   at each log line and each checkpoint; `run_utils.MetricsLog` is one).
 
-Every optimizer step: `trainer.step` (micro-batches, gradient average over processes, skip when
-not finite); every `log_every` steps a log line; then all processes agree whether one of them
-received SIGTERM/SIGINT, so all stop after the same step with a checkpoint; a checkpoint at the
-plan's steps. Only the chief (rank 0) shows the progress bar.
+Every optimizer step: its micro-batches are read (a source that can meet unreadable input, such
+as a corrupt TFRecord, makes every process agree on it first: all then save a checkpoint at the
+last completed step and stop with `InputDataError`); `trainer.step` (gradient average over
+processes, skip when not finite); every `log_every` steps a log line; then all processes agree
+whether one of them received SIGTERM/SIGINT, so all stop after the same step with a checkpoint; a
+checkpoint at the plan's steps. Only the chief (rank 0) shows the progress bar.
 
 A diverged run stops with `TrainingDiverged` (one line, exit 1) and saves nothing more: when more
 than `plan.max_consecutive_skipped_steps` steps in a row are skipped (`SkippedSteps`), or when
@@ -34,7 +36,7 @@ import math
 import os
 import re
 import time
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Mapping, Protocol, Sequence
 
 import keras
 import numpy as np
@@ -89,12 +91,31 @@ class TrainingPlan:
         return step % self.checkpoint_every == 0 or step == self.last_step
 
 
+@dataclasses.dataclass(frozen=True)
+class BadInput:
+    """Input a source could not read: where (file and record) and how the user fixes it."""
+
+    where: str
+    fix: str
+
+
 @dataclasses.dataclass
 class BatchSource:
     """The micro-batches the loop trains on: `batches` yields one dict of arrays per micro-batch
-    (a tf.data iterator, or a Python generator of NumPy arrays)."""
+    (a tf.data iterator, or a Python generator of NumPy arrays).
+
+    A source that can meet unreadable input (`reports_bad_input`, e.g. a corrupt TFRecord)
+    returns it from `read_step` instead of raising, so that the loop can stop every rank at the
+    same step with a checkpoint; every rank then agrees on it before each step.
+    """
 
     batches: Iterator[Mapping[str, Any]]
+    reports_bad_input: ClassVar[bool] = False
+
+    def read_step(self, count: int) -> tuple[list[Mapping[str, Any]], BadInput | None]:
+        """The `count` micro-batches of one optimizer step, and the unreadable input that
+        stopped the reading (None: all were read)."""
+        return [next(self.batches) for _ in range(count)], None
 
 
 class WindowMetrics(Protocol):
@@ -193,7 +214,8 @@ def run_training_loop(trainer: optimization.Trainer, source: BatchSource, plan: 
                       metrics: WindowMetrics | None = None, hooks: Sequence[LoopHook] = ()) -> LoopResult:
     """Train from the checkpoint's step to `plan.last_step`; `stop.signal_name` (set by a signal
     handler, see `run_utils.stop_requests`) ends the run on every rank after the same step, with
-    a checkpoint."""
+    a checkpoint. Unreadable input the source reports raises `InputDataError` on every rank,
+    after a checkpoint at the last completed step."""
     metrics = metrics if metrics is not None else MeanOutputs()
     start = int(checkpoint.step.numpy())
     window_start, window_steps, timed_steps, timed_seconds = time.perf_counter(), 0, 0, 0.0
@@ -206,7 +228,10 @@ def run_training_loop(trainer: optimization.Trainer, source: BatchSource, plan: 
     try:  # (closed before an error is logged, which would otherwise be drawn over)
         for step in range(start, plan.last_step):
             step_start = time.perf_counter()
-            outputs, update = trainer.step(source.batches, step)
+            batches, bad_input = source.read_step(trainer.accumulation_steps)
+            if source.reports_bad_input and agree_on_bad_input(engine, bad_input):  # before the step's collectives
+                raise stop_for_bad_input(checkpoint, hooks, bad_input)
+            outputs, update = trainer.step(iter(batches), step)
             for micro_outputs in outputs:
                 metrics.update(micro_outputs)
             skipped.record(step + 1, bool(update["finite"]), outputs)
@@ -242,6 +267,31 @@ def run_training_loop(trainer: optimization.Trainer, source: BatchSource, plan: 
     finally:
         bar.close()
     return LoopResult(int(checkpoint.step.numpy()), stopped_by, skipped.total, logged, timed_steps, timed_seconds)
+
+
+def agree_on_bad_input(engine: distributed.SingleProcess, bad_input: BadInput | None) -> bool:
+    """Whether any rank met unreadable input. With several ranks the one that met it names it
+    first: once all have agreed, a launcher may stop the others as soon as the chief exits."""
+    if bad_input is not None and engine.size > 1:
+        logger.warning("rank %d: %s; stopping every rank with a checkpoint", engine.rank, bad_input.where)
+    return engine.agree(bad_input is not None)
+
+
+class InputDataError(safe_io.UserError):
+    """Training stopped on unreadable input, after saving a checkpoint at the last completed step."""
+
+
+def stop_for_bad_input(checkpoint: "TrainingCheckpoint", hooks: Sequence[LoopHook],
+                       bad_input: BadInput | None) -> InputDataError:
+    """Save a checkpoint at the last completed step, so that the steps since the previous one are
+    not lost, and the one-line error to stop with (`bad_input` None: another rank met it)."""
+    step = int(checkpoint.step.numpy())
+    path = checkpoint.save()
+    for hook in hooks:
+        hook.on_save(step, path)
+    where = bad_input.where if bad_input else "another rank met unreadable input (its error names it)"
+    fix = f"; {bad_input.fix}" if bad_input else ""
+    return InputDataError(f"{where}: saved a checkpoint at step {step} in {checkpoint.directory}{fix}")
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import damage
 import distributed
+from damaged_tfrecords import damage_record
 from distributed_parity_worker import PROBE
 
 ENGINES = ("horovod", "tf_distribute")
@@ -158,6 +159,36 @@ def test_two_rank_checkpoint_resumes_identically_and_only_rank0_writes(engine, r
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_bad_record_on_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(engine, repo_root, config_file,
+                                                                                    austen_tfrecords, tmp_path):
+    """Rank 1 reads file 1 (of 2), damaged: it names the record, every rank saves at the same step
+    and stops (none waits forever in the step's all-reduce), and the run resumes with the flag."""
+    port = 23700 + 10 * ENGINES.index(engine)
+    data = tmp_path / "data"
+    data.mkdir()
+    for path in sorted(Path(austen_tfrecords["train"]).parent.glob("pretrain_data.tfrecord-*")):
+        shutil.copy(path, data / path.name)
+    bad_file = data / "pretrain_data.tfrecord-1-of-2"
+    start = damage_record(bad_file, 80, "data flipped")  # reached at about step 8 with a shuffle buffer of 50
+    run = [*pretraining_command(config_file, str(data / "pretrain_data.tfrecord-*"), tmp_path / "run", engine),
+           "--num_train_steps", "12", "--save_checkpoints_steps", "4", "--log_freq", "4"]
+    stopped = launch(repo_root, engine, 2, *run, port=port)
+    # No traceback from the ranks (horovodrun prints its own when a process exits non-zero).
+    assert stopped.returncode != 0 and 'run_pretraining.py", line' not in stopped.stderr, stopped.stderr[-3000:]
+    assert (f"rank 1: {bad_file}: record 80 (at byte {start}) is corrupt (its data does not match its checksum); "
+            "stopping every rank with a checkpoint") in stopped.stderr
+    step = int(stopped.stderr.split("another rank met unreadable input (its error names it): saved a checkpoint at "
+                                    "step ")[1].split(" ")[0])
+    assert 4 < step < 12 and step % 4
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert (checkpoints / f"ckpt-{step}.index").exists() and (checkpoints / "rank1" / f"ckpt-{step}.index").exists()
+
+    resumed = launch(repo_root, engine, 2, *run, "--restore_checkpoint", "latest", "--skip_bad_records", port=port)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (checkpoints / "ckpt-12.index").exists()
+
+
 def test_two_ranks_pass_over_a_damaged_newest_checkpoint_together(repo_root, config_file, austen_tfrecords, tmp_path):
     """Rank 0's ckpt-4 damaged: both ranks resume rank 0's choice, ckpt-2 (rank 1 reads none of
     rank 0's files to choose), end with the weights of the undamaged run, and both ranks' parts

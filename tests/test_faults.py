@@ -33,6 +33,7 @@ VOCAB = REPO / "vocab" / "vocab.txt"
 REMOVE_WITHIN = REPO / "scripts" / "lib" / "remove_within.sh"
 sys.path.insert(0, str(REPO / "data"))
 import download_utils  # noqa: E402
+from damaged_tfrecords import damage_record  # noqa: E402
 
 TIMEOUT = 600
 
@@ -485,6 +486,80 @@ def test_postprocess_refuses_a_checkpoint_whose_weights_are_not_finite(built: di
                       "values that are NaN or infinite: the run that trained it diverged; refusing to write a model "
                       "folder of it (export an earlier checkpoint, or train again with a lower --learning_rate)"]
     assert not output.exists()  # the discriminator, checked first and finite, was not written either
+
+
+# ----------------------------------------------------------------------------- unreadable records (issue 12)
+
+BAD_RECORD_RUN = ("--max_seq_length", "32", "--num_train_steps", "30", "--save_checkpoints_steps", "8",
+                  "--log_freq", "4")
+DAMAGED_RECORD = 90  # of the 100 in file 1 of `built`: the run meets it at step 20 of 30
+BAD_RECORD_FIX = ("rebuild that file (the same build_pretraining_dataset.py command writes the same files) or copy "
+                  "it again, then resume with --restore_checkpoint latest; or resume with --skip_bad_records")
+
+
+def bad_record_run(tmp_path: Path, built: dict[str, Path], results: Path, *extra: str) -> subprocess.CompletedProcess:
+    tfrecords = str(built["output"] / "pretrain_data.tfrecord-*")
+    return run_program(*pretraining_command(tmp_path, tfrecords, results, *BAD_RECORD_RUN, *extra))
+
+
+def stopped_at(error: str, where: str, results: Path) -> int:
+    """The step of the checkpoint a run stopped by a bad record names in its one-line error."""
+    match = re.search(r" ERROR run_pretraining: (.*): saved a checkpoint at step (\d+) in (.*?); (.*)$", error)
+    assert match and match.group(1) == where and match.group(3) == str(results / "checkpoints"), error
+    assert match.group(4).startswith(BAD_RECORD_FIX), error
+    return int(match.group(2))
+
+
+@pytest.mark.slow
+def test_a_corrupt_record_stops_the_run_with_a_checkpoint_that_resumes_once_the_file_is_fixed(
+        built: dict[str, Path], tmp_path: Path):
+    """It used to die with a traceback naming no file ("corrupted record at 18570"), losing the
+    steps since the last checkpoint."""
+    bad_file = built["output"] / "pretrain_data.tfrecord-1-of-2"
+    intact = bad_file.read_bytes()
+    start = damage_record(bad_file, DAMAGED_RECORD, "data flipped")
+    results = tmp_path / "run"
+    error = one_line_error(bad_record_run(tmp_path, built, results))
+    step = stopped_at(error, f"{bad_file}: record {DAMAGED_RECORD} (at byte {start}) is corrupt (its data does not "
+                             "match its checksum)", results)
+    assert 16 < step < 24  # past the plan's last checkpoint: its steps are kept
+    assert (results / "checkpoints" / f"ckpt-{step}.index").exists()
+
+    bad_file.write_bytes(intact)
+    resumed = bad_record_run(tmp_path, built, results, "--restore_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {results / 'checkpoints' / f'ckpt-{step}'} at step {step}" in resumed.stderr
+    assert "Finished at step 30" in resumed.stderr and "skipping" not in resumed.stderr
+
+
+@pytest.mark.slow
+def test_a_cut_file_is_skipped_with_a_warning_and_a_stopped_run_resumes_as_if_it_had_skipped(
+        built: dict[str, Path], tmp_path: Path):
+    """--skip_bad_records skips where the run stops without it: a run stopped by the bad record and
+    resumed with the flag ends with the weights of one that skipped it from the start (the flag
+    leaves the input pipeline and its checkpoint as they are)."""
+    import numpy as np
+
+    bad_file = built["output"] / "pretrain_data.tfrecord-1-of-2"
+    start = damage_record(bad_file, DAMAGED_RECORD, "data cut")
+    where = f"{bad_file}: record {DAMAGED_RECORD} (at byte {start}) is cut short (the file ends inside it)"
+    skipping = bad_record_run(tmp_path, built, tmp_path / "skipping", "--skip_bad_records")
+    assert skipping.returncode == 0 and "Traceback" not in skipping.stderr, skipping.stderr[-3000:]
+    warnings = [line for line in skipping.stderr.splitlines() if " WARNING pretraining: " in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        f"skipping {where}, and the rest of that file this epoch (--skip_bad_records)"), warnings
+
+    stopped = tmp_path / "stopped"
+    step = stopped_at(one_line_error(bad_record_run(tmp_path, built, stopped)), where, stopped)
+    resumed = bad_record_run(tmp_path, built, stopped, "--restore_checkpoint", "latest", "--skip_bad_records")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {step}" in resumed.stderr and "skipping" not in resumed.stderr  # it was skipped at the stop
+
+    expected = checkpoint_tensors(tmp_path / "skipping" / "checkpoints" / "ckpt-30")
+    final = checkpoint_tensors(stopped / "checkpoints" / "ckpt-30")
+    assert final.keys() == expected.keys() and len(expected) > 50
+    for name, value in expected.items():
+        np.testing.assert_allclose(final[name], value, atol=1e-6, err_msg=name)
 
 
 def test_staged_outputs_repair_what_a_run_killed_during_its_switch_left(tmp_path: Path):

@@ -1,10 +1,12 @@
-"""Tests of the pretraining input pipeline, dynamic masking, generator sampling and labels.
+"""Tests of the pretraining input pipeline (unreadable records included), dynamic masking,
+generator sampling and labels.
 
 Statistical tests use fixed seeds, so they are deterministic; their thresholds (4 sigma,
 chi-square p-value 1e-3) are what a correct implementation passes with a random seed too.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,11 @@ import pytest
 import tensorflow as tf
 
 import pretrain_utils as pu
+import pretraining
+import training
 from safe_io import UserError
+from damaged_tfrecords import damage_record
+from tfrecord_format import RecordState
 
 CLS, SEP, MASK = pu.CLS_ID, pu.SEP_ID, pu.MASK_ID
 P_VALUE_THRESHOLD = 1e-3
@@ -549,3 +555,103 @@ def test_restored_iterator_continues_where_it_was_saved(shards, tmp_path):
     assert_same_batches(take_batches(restored, 11), continued)
     fresh_start = take_batches(new_iterator(), 1)[0]
     assert not np.array_equal(fresh_start["input_ids"], continued[0]["input_ids"]), "restore had no effect"
+
+
+# ----------------------------------------------------------------------------- unreadable records
+
+def read_all(path: str) -> tuple[int, tf.errors.DataLossError | None]:
+    """The records TensorFlow's reader reads from a file, and the error it stops with."""
+    count = 0
+    try:
+        for _ in tf.data.TFRecordDataset(path):
+            count += 1
+    except tf.errors.DataLossError as error:
+        return count, error
+    return count, None
+
+
+DAMAGE_FOUND = {"data flipped": RecordState.BAD_CHECKSUM, "checksum flipped": RecordState.BAD_CHECKSUM,
+                "length flipped": RecordState.BAD_HEADER, "data cut": RecordState.CUT_SHORT}
+
+
+@pytest.mark.parametrize("how", DAMAGE_FOUND)
+def test_the_record_a_reader_rejects_is_named_with_its_file(tmp_path, how):
+    files = pu.list_pretraining_files(write_shards(tmp_path, NUM_FILES))  # records at the same offsets in each
+    start = damage_record(Path(files[2]), 4, how)
+    count, error = read_all(files[2])
+    assert count == 4 and "record at" in error.message and files[2] not in error.message  # TensorFlow names no file
+    assert pu.find_bad_records(files, error.message) == [pu.BadRecord(files[2], 4, start, DAMAGE_FOUND[how])]
+    assert pu.describe_reader_error(files, error) == f"{files[2]}: record 4 (at byte {start}) {DAMAGE_FOUND[how].value}"
+
+
+def test_a_file_cut_inside_a_record_header_reads_as_a_shorter_file(tmp_path):
+    """Nothing tells it from a file that ends there: the reader stops silently (docs/troubleshooting.md)."""
+    path = tmp_path / "pretrain_data.tfrecord-0-of-1"
+    write_records(path, range(RECORDS_PER_FILE), SEQ_LENGTH)
+    damage_record(path, 4, "header cut")
+    assert read_all(str(path)) == (4, None)
+
+
+def test_an_error_no_file_explains_says_so(tmp_path):
+    files = pu.list_pretraining_files(write_shards(tmp_path, 2))
+    error = tf.errors.DataLossError(None, None, "corrupted record at 999")
+    assert pu.find_bad_records(files, error.message) == []
+    assert pu.describe_reader_error(files, error).startswith(
+        'the TFRecord reader reported "corrupted record at 999", but none of the 2 files this process reads has a '
+        "bad record there now")
+
+
+def record_source(pattern: str, files: list[str], skip: bool) -> pretraining.RecordBatchSource:
+    iterator = iter(pu.pretraining_dataset(pattern, 2, SEQ_LENGTH, seed=1, shuffle_buffer=4))
+    return pretraining.RecordBatchSource(iterator, files=files, skip_bad_records=skip)
+
+
+def test_a_bad_record_stops_the_source_naming_it(tmp_path):
+    pattern = write_shards(tmp_path, NUM_FILES)
+    files = pu.list_pretraining_files(pattern)
+    start = damage_record(Path(files[1]), 3, "data cut")
+    source = record_source(pattern, files, skip=False)
+    reads = [source.read_step(2) for _ in range(5)]  # an epoch: 24 - 3 records in 4-record steps
+    stops = [bad for _, bad in reads if bad is not None]
+    assert stops[0] == training.BadInput(f"{files[1]}: record 3 (at byte {start}) is cut short (the file ends inside "
+                                         "it)", pretraining.BAD_RECORD_FIX)
+
+
+def test_with_skip_bad_records_the_rest_of_the_file_is_skipped_each_epoch_with_a_warning(tmp_path, caplog):
+    pattern = write_shards(tmp_path, NUM_FILES)
+    files = pu.list_pretraining_files(pattern)
+    start = damage_record(Path(files[1]), 3, "data flipped")  # file 1 holds ids 6-11: 9, 10 and 11 are never read
+    source = record_source(pattern, files, skip=True)
+    seen = set()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(15):  # three epochs
+            batches, bad = source.read_step(2)
+            assert bad is None and len(batches) == 2
+            seen |= {int(i) - 1000 for batch in batches for i in batch["input_ids"][:, 1]}
+    assert seen == set(range(NUM_FILES * RECORDS_PER_FILE)) - {9, 10, 11}
+    warning = (f"skipping {files[1]}: record 3 (at byte {start}) is corrupt (its data does not match its checksum), "
+               "and the rest of that file this epoch (--skip_bad_records)")
+    assert caplog.messages.count(warning) == 3
+
+
+def test_skipping_gives_up_when_no_batch_can_be_read(tmp_path):
+    """Each file has one good record, fewer than a batch: every batch meets an error (and is
+    dropped), so skipping would go on forever."""
+    pattern = write_shards(tmp_path, 1)
+    files = pu.list_pretraining_files(pattern)
+    start = damage_record(Path(files[0]), 1, "data cut")
+    iterator = iter(pu.pretraining_dataset(pattern, 2, SEQ_LENGTH, seed=1, shuffle_buffer=4))
+    source = pretraining.RecordBatchSource(iterator, files=files, skip_bad_records=True)
+    assert source.read_step(1) == ([], training.BadInput(
+        f"{files[0]}: record 1 (at byte {start}) is cut short (the file ends inside it), and 3 bad records in a row "
+        "gave no batch", pretraining.REBUILD_FIX))
+
+
+def test_files_without_a_readable_record_stop_the_source(tmp_path):
+    pattern = write_shards(tmp_path, 2)
+    files = pu.list_pretraining_files(pattern)
+    for path in files:
+        damage_record(Path(path), 0, "data cut")
+    batches, bad = record_source(pattern, files, skip=True).read_step(1)
+    assert batches == [] and bad == training.BadInput(
+        "none of the 2 pretraining files this process reads holds a readable record", pretraining.REBUILD_FIX)

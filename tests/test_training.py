@@ -1,7 +1,8 @@
 """training.py, the loop every training program runs, on a small regression model: when it logs
 and checkpoints, the hooks it calls, a stopped and resumed run ending with the weights of an
-uninterrupted one (dropout included), and damaged checkpoints: the newest that reads is resumed,
-the others are set aside, never deleted, and the choice is the chief's on every rank."""
+uninterrupted one (dropout included), damaged checkpoints (the newest that reads is resumed,
+the others are set aside, never deleted, and the choice is the chief's on every rank), and a stop
+on unreadable input (on this rank or another)."""
 from __future__ import annotations
 
 import argparse
@@ -95,22 +96,25 @@ def tiny_run(directory: Path, init_seed: int = 0, engine: distributed.SingleProc
 
 
 def run(directory: Path, last_step: int, hooks_for=lambda stop: [], init_seed: int = 0,
-        bad_steps: Collection[int] = (), **plan_settings):
+        bad_steps: Collection[int] = (), wrap_source=lambda source: source,
+        engine: distributed.SingleProcess | None = None, **plan_settings):
     """A fresh model (weights from `init_seed`) trained by the loop from DIRECTORY's newest
-    checkpoint (if any) to `last_step`; returns the model, the loop's result and the hooks.
+    checkpoint (if any) to `last_step`, on the batch source `wrap_source` makes of the data's
+    (and with `engine`'s agreements); returns the model, the loop's result and the hooks.
     `plan_settings` change the TrainingPlan's (a checkpoint every 4 steps)."""
     model, trainer, checkpoint = tiny_run(directory, init_seed, bad_steps=bad_steps)
     path = checkpoint.newest()
     if path is not None:
         checkpoint.resume(path)
     first_batch = int(checkpoint.step.numpy()) * STEP_SETTINGS.gradient_accumulation_steps
-    source = training.BatchSource(finetuning.epoch_batches(regression_data(), BATCH, seed=5, first_batch=first_batch))
+    source = wrap_source(training.BatchSource(finetuning.epoch_batches(regression_data(), BATCH, seed=5,
+                                                                       first_batch=first_batch)))
     plan = training.TrainingPlan(last_step=last_step, log_every=3, sequences_per_step=2 * BATCH,
                                  **{"checkpoint_every": 4, **plan_settings})
     stop = argparse.Namespace(signal_name=None)
     hooks = hooks_for(stop)
-    result = training.run_training_loop(trainer, source, plan, checkpoint, distributed.SingleProcess(), stop,
-                                        hooks=hooks)
+    result = training.run_training_loop(trainer, source, plan, checkpoint, engine or distributed.SingleProcess(),
+                                        stop, hooks=hooks)
     return model, result, hooks
 
 
@@ -307,3 +311,62 @@ def test_every_rank_resumes_the_checkpoint_the_chief_chose_and_its_parts_are_set
         ranks[0].choose("latest")
     with pytest.raises(training.UnreadableCheckpoint, match="rank 1: rank 0 found no checkpoint"):
         ranks[1].choose("latest")
+
+
+# ----------------------------------------------------------------------------- unreadable input
+
+class FailingSource(training.BatchSource):
+    """Reports unreadable input when it reads the micro-batches of step `fail_at` (0-based)."""
+
+    reports_bad_input = True
+
+    def __init__(self, source: training.BatchSource, fail_at: int | None):
+        super().__init__(source.batches)
+        self.fail_at, self.steps_read = fail_at, 0
+
+    def read_step(self, count: int):
+        batches, _ = super().read_step(count)
+        self.steps_read += 1
+        if self.steps_read - 1 == self.fail_at:
+            return batches[:1], training.BadInput("data-3: record 7 (at byte 99) is cut short", "rebuild data-3")
+        return batches, None
+
+
+class CountingEngine(distributed.SingleProcess):
+    """One process whose `agree` counts its calls and can answer as if another rank raised the
+    flag from call `other_rank_from` on."""
+
+    def __init__(self, other_rank_from: int | None = None):
+        super().__init__()
+        self.calls, self.other_rank_from = 0, other_rank_from
+
+    def agree(self, flag: bool) -> bool:
+        self.calls += 1
+        return flag or (self.other_rank_from is not None and self.calls > self.other_rank_from)
+
+
+def test_bad_input_saves_the_last_completed_step_and_stops_with_one_line(tmp_path: Path):
+    recorder = Recorder()
+    with pytest.raises(training.InputDataError) as error:
+        run(tmp_path, last_step=12, hooks_for=lambda stop: [recorder],
+            wrap_source=lambda source: FailingSource(source, fail_at=5))
+    assert str(error.value) == (f"data-3: record 7 (at byte 99) is cut short: saved a checkpoint at step 5 in "
+                                f"{tmp_path}; rebuild data-3")
+    assert [step for step, _ in recorder.saved] == [4, 5]  # the plan's, then steps 0-4 done; 5 not started
+    assert tf.train.latest_checkpoint(str(tmp_path)) == recorder.saved[-1][1]
+    resumed, result, _ = run(tmp_path, last_step=12)  # the checkpoint resumes
+    assert result.step == 12
+
+
+def test_every_rank_stops_at_the_same_step_when_another_meets_bad_input(tmp_path: Path):
+    engine = CountingEngine(other_rank_from=2 * 3)  # two agreements a step: another rank fails reading step 3
+    with pytest.raises(training.InputDataError, match="^another rank met unreadable input .*: saved a checkpoint "
+                                                      "at step 3 in "):
+        run(tmp_path, last_step=12, wrap_source=lambda source: FailingSource(source, fail_at=None), engine=engine)
+    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("ckpt-3")
+
+
+def test_a_source_that_cannot_meet_bad_input_adds_no_agreement_to_a_step(tmp_path: Path):
+    engine = CountingEngine()
+    run(tmp_path, last_step=5, engine=engine)
+    assert engine.calls == 5  # the stop request's, one a step
