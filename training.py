@@ -522,6 +522,27 @@ class NonFiniteValues:
         return optimization.variable_path(variable), int(counts[bad[0]]), int(np.prod(variable.shape))
 
 
+class InputPositionMismatch(safe_io.UserError):
+    """A checkpoint's input position was written for other input files than this run reads."""
+
+
+def restore_input_position(path: str, restore: Callable[[], Any]) -> None:
+    """Run `restore` (a restore of checkpoint `path` that includes a tf.data iterator); the
+    iterator's refusal of another dataset (a file removed or added, another number of processes)
+    becomes one line saying what must match."""
+    try:
+        restore()
+    except tf.errors.OpError as error:
+        if "Failed to restore dataset iterator" not in str(error):
+            raise
+        raise InputPositionMismatch(
+            f"checkpoint {path} holds an input position for other input files than this run reads "
+            f"({error_summary(error)}): "
+            "resume with the same --pretrain_tfrecords files (rebuild or copy back a removed file; "
+            "--skip_bad_records gets past a bad one) and the same number of processes, or start a new run from "
+            "its weights (--phase2 --restore_checkpoint PATH, another --results_dir)") from None
+
+
 class TrainingCheckpoint:
     """Everything a resumed run needs, in DIRECTORY/ckpt-N (N = the step) under a
     tf.train.CheckpointManager: the model, optimizer, loss scale and step (and, given
@@ -636,7 +657,7 @@ class TrainingCheckpoint:
         planned = None if self.total_steps is None else int(self.total_steps.numpy())
         own_seeds = [int(state.numpy()[0]) for state in self.dropout_rng]
         if self.rank == 0:
-            self.checkpoint.restore(path).assert_existing_objects_matched()
+            restore_input_position(path, lambda: self.checkpoint.restore(path).assert_existing_objects_matched())
         else:
             self.shared.restore(path).expect_partial().assert_existing_objects_matched()
             if self.own_state:
@@ -648,7 +669,7 @@ class TrainingCheckpoint:
                 if problem is not None:
                     raise UnreadableCheckpoint(f"rank {self.rank}'s part of checkpoint {path} is unreadable: "
                                                f"{problem}; restore the file from a copy")
-                self.checkpoint.restore(own).assert_existing_objects_matched()
+                restore_input_position(path, lambda: self.checkpoint.restore(own).assert_existing_objects_matched())
             else:
                 self.keep_own_dropout_seeds(own_seeds)
         if planned is not None and int(self.total_steps.numpy()) != planned:

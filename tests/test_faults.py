@@ -525,6 +525,13 @@ def test_a_corrupt_record_stops_the_run_with_a_checkpoint_that_resumes_once_the_
     assert 16 < step < 24  # past the plan's last checkpoint: its steps are kept
     assert (results / "checkpoints" / f"ckpt-{step}.index").exists()
 
+    # Removing the bad file instead: the input position belongs to the two files.
+    one_file = str(built["output"] / "pretrain_data.tfrecord-0-of-2")
+    without_it = run_program(*pretraining_command(tmp_path, one_file, results, *BAD_RECORD_RUN,
+                                                  "--restore_checkpoint", "latest"))
+    assert (f"checkpoint {results / 'checkpoints' / f'ckpt-{step}'} holds an input position for other input files "
+            "than this run reads (") in one_line_error(without_it)
+
     bad_file.write_bytes(intact)
     resumed = bad_record_run(tmp_path, built, results, "--restore_checkpoint", "latest")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
