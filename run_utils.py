@@ -56,10 +56,13 @@ def non_negative_int(text: str) -> int:
 def add_divergence_flags(group: argparse._ArgumentGroup) -> None:
     """Every training program's: when a run counts as diverged (training.SkippedSteps)."""
     group.add_argument("--max_consecutive_skipped_steps", type=non_negative_int,
-                       default=training.DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS,
+                       default=None,
                        help="stop with an error, saving no checkpoint, once more optimizer steps than this in a row "
-                            "are skipped for non-finite gradients (the run has diverged; 0: at the first); float16 "
-                            "(--amp) skips up to 15 in a row at the start while its loss scale comes down from 2^15")
+                            "are skipped for non-finite gradients (the run has diverged; 0: at the first). Default: "
+                            f"{training.MAX_CONSECUTIVE_SKIPPED_STEPS_LOSS_SCALED} with --amp float16, whose loss "
+                            "scale skips up to 15 in a row at the start while it comes down from 2^15; "
+                            f"{training.MAX_CONSECUTIVE_SKIPPED_STEPS_UNSCALED} otherwise, where no skipped step is "
+                            "normal")
 
 
 def parse_checked(parser: argparse.ArgumentParser,

@@ -53,9 +53,20 @@ logger = logging.getLogger(__name__)
 # More optimizer steps than this skipped in a row stop a run as diverged. float16's dynamic loss
 # scale starts at 2**15 and halves at each skipped step down to 1 (optimization.DynamicLossScale),
 # so bringing it down skips at most 15 steps in a row (5 in the tiny fp16 test); after that only
-# a jump of the gradients by a factor of 2**20 would skip 20 in a row. Without a loss scale no
-# skipped step is normal. 20 leaves fp16 room and stops a NaN run 21 steps after it turned.
-DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS = 20
+# a jump of the gradients by a factor of 2**20 would skip 20 in a row: 20 leaves it room. Without
+# a loss scale (float32, bfloat16) no skipped step is normal: 3 in a row stop the run at once
+# (the issue's 8-step run at --learning_rate 1e6 skipped 5 in a row and "finished").
+MAX_CONSECUTIVE_SKIPPED_STEPS_LOSS_SCALED = 20
+MAX_CONSECUTIVE_SKIPPED_STEPS_UNSCALED = 3
+
+
+def max_consecutive_skipped_steps(requested: int | None, loss_scaled: bool) -> int:
+    """The limit a run uses: the one asked for, else the default for its kind of run."""
+    if requested is not None:
+        return requested
+    return MAX_CONSECUTIVE_SKIPPED_STEPS_LOSS_SCALED if loss_scaled else MAX_CONSECUTIVE_SKIPPED_STEPS_UNSCALED
+
+
 DIVERGENCE_FIXES = ("lower --learning_rate (or warm up longer), check the training data, or with --amp "
                     "float16 try --amp_dtype bfloat16 or --no-amp")
 
@@ -81,8 +92,9 @@ class TrainingPlan:
     checkpoint_every: int  # a checkpoint every this many steps (e.g. an epoch), and at the last step
     sequences_per_step: int  # for the logged speed
     description: str = "training"  # the progress bar's label
-    # more skipped (non-finite) steps in a row than this stop the run as diverged
-    max_consecutive_skipped_steps: int = DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
+    # more skipped (non-finite) steps in a row than this stop the run as diverged (None: the
+    # default for the run's precision, see `max_consecutive_skipped_steps`)
+    max_consecutive_skipped_steps: int | None = None
 
     def logs_at(self, step: int) -> bool:
         return step % self.log_every == 0 or step == self.last_step
@@ -177,8 +189,8 @@ class SkippedSteps:
     slots and schedule unchanged): their number, the current run of them and the last finite
     loss. A run of more than `limit` means the run has diverged: `record` raises."""
 
-    def __init__(self, limit: int, newest_checkpoint: Callable[[], str | None], loss_scaled: bool = False):
-        self.limit = limit
+    def __init__(self, limit: int | None, newest_checkpoint: Callable[[], str | None], loss_scaled: bool = False):
+        self.limit = max_consecutive_skipped_steps(limit, loss_scaled)
         self.newest_checkpoint = newest_checkpoint  # for the message
         self.loss_scaled = loss_scaled  # float16: skipped steps also bring the loss scale down
         self.total = 0

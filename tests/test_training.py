@@ -168,6 +168,14 @@ def test_too_many_skipped_steps_in_a_row_stop_the_run_without_saving(tmp_path: P
                                                           "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
 
 
+def test_without_a_loss_scale_the_default_stops_the_issues_eight_step_run(tmp_path: Path):
+    """The issue's case: NaN from step 4 of 8 used to skip 5 steps and finish. In float32 no
+    skipped step is normal: the 4th in a row stops it."""
+    with pytest.raises(training.TrainingDiverged, match=r"^step 7: 4 optimizer steps in a row were skipped .*more "
+                                                         r"than --max_consecutive_skipped_steps 3: "):
+        run(tmp_path, last_step=8, bad_steps=range(4, 9))
+
+
 def test_a_checkpoint_due_amid_skipped_steps_waits_for_a_step_that_trains(tmp_path: Path, caplog):
     """Step 4 is skipped: its checkpoint is saved after step 5. The last step is saved even when
     skipped (the run's end), with a warning."""
@@ -203,7 +211,7 @@ def test_the_default_limit_lets_float16s_loss_scale_come_down_from_its_start():
     while float(scale.value) > scale.min_scale:
         assert not bool(scale.update([tf.constant([np.inf])]))
         halvings += 1
-    assert halvings == 15 < training.DEFAULT_MAX_CONSECUTIVE_SKIPPED_STEPS
+    assert halvings == 15 < training.max_consecutive_skipped_steps(None, loss_scaled=True)
 
 
 # ----------------------------------------------------------------------------- damaged checkpoints
