@@ -668,19 +668,16 @@ class TrainingCheckpoint:
         """Continue the run that wrote checkpoint `path` (the chief's, as `choose` returns it)."""
         planned = None if self.total_steps is None else int(self.total_steps.numpy())
         own_seeds = [int(state.numpy()[0]) for state in self.dropout_rng]
+        own_problem = self.own_part_problem(path)
+        if self.engine.agree(own_problem is not None):  # every rank stops, none waits in a broadcast
+            raise UnreadableCheckpoint(own_problem or f"rank {self.rank}: another rank's part of checkpoint {path} "
+                                                      "is missing or unreadable (that rank's error names it)")
         if self.rank == 0:
             restore_input_position(path, lambda: self.checkpoint.restore(path).assert_existing_objects_matched())
         else:
             self.shared.restore(path).expect_partial().assert_existing_objects_matched()
             if self.own_state:
                 own = self.own_path(path)
-                if not tf.io.gfile.exists(own + ".index"):
-                    raise FileNotFoundError(f"rank {self.rank} has no input position {own} for checkpoint {path}; "
-                                            "resume with the number of processes that wrote it")
-                problem = checkpoint_problem(own)
-                if problem is not None:
-                    raise UnreadableCheckpoint(f"rank {self.rank}'s part of checkpoint {path} is unreadable: "
-                                               f"{problem}; restore the file from a copy")
                 restore_input_position(path, lambda: self.checkpoint.restore(own).assert_existing_objects_matched())
             else:
                 self.keep_own_dropout_seeds(own_seeds)
@@ -688,6 +685,20 @@ class TrainingCheckpoint:
             raise ValueError(f"{path} belongs to a run of {int(self.total_steps.numpy())} steps, this command plans "
                              f"{planned}; use the same settings to resume or another --output_dir")
         logger.info("Resumed from %s at step %d", path, int(self.step.numpy()))
+
+    def own_part_problem(self, path: str) -> str | None:
+        """Why this rank's own part of checkpoint `path` (its input position) cannot be restored,
+        or None (the chief's part is `path` itself, already read fully by `choose`)."""
+        if self.rank == 0 or not self.own_state:
+            return None
+        own = self.own_path(path)
+        if not tf.io.gfile.exists(own + ".index"):
+            return (f"rank {self.rank} has no input position {own} for checkpoint {path}; resume with the number of "
+                    "processes that wrote it")
+        problem = checkpoint_problem(own)
+        if problem is not None:
+            return f"rank {self.rank}'s part of checkpoint {path} is unreadable: {problem}; restore the file from a copy"
+        return None
 
     def keep_own_dropout_seeds(self, own_seeds: list[int]) -> None:
         """A dropout RNG state is [seed, draws]: every rank draws as often as the chief, so the

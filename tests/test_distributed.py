@@ -214,6 +214,28 @@ def test_two_ranks_pass_over_a_damaged_newest_checkpoint_together(repo_root, con
     assert sorted(str(p.relative_to(aside)) for p in aside.rglob("*.index")) == ["ckpt-4.index", "rank1/ckpt-4.index"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_damaged_part_of_rank_1_stops_both_ranks_with_its_name(engine, repo_root, config_file, austen_tfrecords,
+                                                                 tmp_path):
+    """Rank 1's own part of the newest checkpoint (its input position) damaged: every rank stops
+    before restoring, rank 1 naming its file; rank 0 does not wait for it in a broadcast."""
+    run = tmp_path / "run"
+    port = 23740 + 10 * ENGINES.index(engine)
+    first = launch(repo_root, engine, 2, *pretraining_command(config_file, austen_tfrecords["train"], run, engine),
+                   port=port)
+    assert first.returncode == 0, first.stderr[-3000:]
+    bad_file = damage.damage(run / "checkpoints" / "rank1" / "ckpt-4", "truncated data")
+    second = launch(repo_root, engine, 2, *pretraining_command(config_file, austen_tfrecords["train"], run, engine,
+                                                               "--restore_checkpoint", "latest"), port=port)
+    # No traceback from the ranks (horovodrun prints its own when a process exits non-zero).
+    assert second.returncode != 0 and 'run_pretraining.py", line' not in second.stderr, second.stderr[-3000:]
+    assert f"rank 0: another rank's part of checkpoint {run / 'checkpoints' / 'ckpt-4'} is missing" in second.stderr
+    assert (f"rank 1's part of checkpoint {run / 'checkpoints' / 'ckpt-4'} is unreadable: {bad_file} ("
+            in second.stderr), second.stderr[-3000:]
+    assert "Resumed from" not in second.stderr
+
+
 def slurm_available() -> str | None:
     """Why Slurm cannot run here, or None."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
