@@ -32,7 +32,6 @@ import optimization
 import run_utils
 import training
 from configuration import MODEL_SIZES, ElectraConfig
-from modeling import skip_padding_in_training
 from model_folder import (CONFIG_FILE, VOCAB_FILE, LoadReport, assign_tensors, read_config, read_tensors,
                           resolve_model_folder, save_model_folder)
 from tokenization import WordPieceTokenizer
@@ -235,7 +234,6 @@ def build_trainer(args: argparse.Namespace, model: keras.Model, plan: FineTuning
         """Dropout is the only randomness; it draws from the model's checkpointed seed generators."""
         return model.training_losses(batch, training=True)
 
-    skip_padding_in_training(model, not args.xla)
     return run_utils.make_trainer(args, loss_fn, model.trainable_variables, build_optimizer(args, model, plan), engine)
 
 

@@ -240,8 +240,8 @@ class ElectraModel(keras.Model):
             if config.embedding_size != config.hidden_size else None)
         self.encoder_layers = [ElectraLayer(config, name=f"layer_{i}", dtype=policy)
                                for i in range(config.num_hidden_layers)]
-        # Training runs the position-wise work on the real tokens only (RealTokens); the
-        # programs turn this off for XLA-compiled steps (skip_padding_in_training).
+        # On, training runs the position-wise work on the real tokens only (RealTokens);
+        # pretraining turns it on for graph-mode steps (skip_padding_in_training).
         self.skip_padding = False
         # Keras tracks the list, but tf.train.Checkpoint does not see Keras lists: without these
         # names a checkpoint of the model alone would silently leave out every encoder layer.
