@@ -10,6 +10,7 @@ float32, compute follows the policy, attention softmax and model outputs are flo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
@@ -152,30 +153,67 @@ class ElectraLayer(keras.layers.Layer):
         x = tf.reshape(x, [shape[0], shape[1], self.config.num_attention_heads, self.config.head_size])
         return tf.transpose(x, [0, 2, 1, 3])
 
-    def self_attention(self, hidden: tf.Tensor, attention_mask: tf.Tensor, training: bool) -> tf.Tensor:
+    def self_attention(self, hidden: tf.Tensor, attention_mask: tf.Tensor, training: bool,
+                       real_tokens: RealTokens | None = None) -> tf.Tensor:
         """Scores and context as batched matmuls over [batch, heads] (on CPU several times faster
-        than the equivalent einsums on [batch, seq, heads, head_size], which transpose inside)."""
-        query = self._split_heads(self.query(hidden)) * tf.cast(
-            1.0 / math.sqrt(self.config.head_size), hidden.dtype)
-        key = self._split_heads(self.key(hidden))
-        value = self._split_heads(self.value(hidden))
+        than the equivalent einsums on [batch, seq, heads, head_size], which transpose inside).
+        With `real_tokens`, `hidden` holds only the real tokens: the projections are spread back
+        over [batch, seq] for the attention, and the context is returned for the real tokens."""
+        projections = [self.query(hidden), self.key(hidden), self.value(hidden)]
+        if real_tokens is not None:
+            projections = [real_tokens.spread(projection) for projection in projections]
+        query, key, value = (self._split_heads(projection) for projection in projections)
+        query = query * tf.cast(1.0 / math.sqrt(self.config.head_size), query.dtype)
         scores = tf.matmul(query, key, transpose_b=True)
         scores = tf.cast(scores, tf.float32) + attention_bias_from_mask(attention_mask)
         probs = tf.nn.softmax(scores, axis=-1)
-        probs = self.attention_dropout(tf.cast(probs, hidden.dtype), training=training)
+        probs = self.attention_dropout(tf.cast(probs, value.dtype), training=training)
         context = tf.transpose(tf.matmul(probs, value), [0, 2, 1, 3])
-        shape = tf.shape(hidden)
-        return tf.reshape(context, [shape[0], shape[1], self.config.hidden_size])
+        shape = tf.shape(projections[0])
+        context = tf.reshape(context, [shape[0], shape[1], self.config.hidden_size])
+        return context if real_tokens is None else real_tokens.gather(context)
 
-    def call(self, hidden: tf.Tensor, attention_mask: tf.Tensor, training: bool = False) -> tf.Tensor:
+    def call(self, hidden: tf.Tensor, attention_mask: tf.Tensor, training: bool = False,
+             real_tokens: RealTokens | None = None) -> tf.Tensor:
         """`attention_mask` is the integer [batch, seq] padding mask (1 = real token); it stays
-        an integer so Keras autocasting cannot turn the large negative bias into float16 -inf."""
-        context = self.self_attention(hidden, attention_mask, training)
+        an integer so Keras autocasting cannot turn the large negative bias into float16 -inf.
+        With `real_tokens`, `hidden` is [real tokens, hidden] and so is the result."""
+        context = self.self_attention(hidden, attention_mask, training, real_tokens)
         attended = self.attention_layer_norm(
             hidden + self.hidden_dropout(self.attention_output(context), training=training))
         intermediate = self.activation(self.intermediate(attended))
         return self.output_layer_norm(
             attended + self.hidden_dropout(self.output_dense(intermediate), training=training))
+
+
+@dataclasses.dataclass(frozen=True)
+class RealTokens:
+    """Where the real (unpadded) tokens of a [batch, seq] batch are, to run the position-wise
+    parts of the encoder (projections, feed-forward, LayerNorm, dropout) on them alone.
+
+    Padding takes a quarter to a half of many batches (short sentence pairs, GLUE sentences,
+    SQuAD's last windows), and those parts are most of the work; only attention needs the
+    [batch, seq] layout. The index list has a data-dependent length, which XLA cannot compile,
+    so the compiled step keeps the padded layout.
+    """
+
+    indices: tf.Tensor  # [real tokens, 1] int64 positions in the flattened [batch * seq]
+    batch_and_length: tf.Tensor  # [2] int32
+
+    @classmethod
+    def of(cls, attention_mask: tf.Tensor) -> "RealTokens":
+        return cls(tf.where(tf.reshape(attention_mask, [-1]) > 0), tf.shape(attention_mask))
+
+    def gather(self, padded: tf.Tensor) -> tf.Tensor:
+        """[batch, seq, width] -> [real tokens, width]."""
+        return tf.gather_nd(tf.reshape(padded, [-1, tf.shape(padded)[-1]]), self.indices)
+
+    def spread(self, real: tf.Tensor) -> tf.Tensor:
+        """[real tokens, width] -> [batch, seq, width], zeros at the padding."""
+        rows = tf.reduce_prod(tf.cast(self.batch_and_length, tf.int64))
+        width = tf.shape(real, out_type=tf.int64)[-1]
+        flat = tf.scatter_nd(self.indices, real, tf.stack([rows, width]))
+        return tf.reshape(flat, tf.concat([self.batch_and_length, [tf.shape(real)[-1]]], 0))
 
 
 def attention_bias_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
@@ -202,6 +240,9 @@ class ElectraModel(keras.Model):
             if config.embedding_size != config.hidden_size else None)
         self.encoder_layers = [ElectraLayer(config, name=f"layer_{i}", dtype=policy)
                                for i in range(config.num_hidden_layers)]
+        # On, training runs the position-wise work on the real tokens only (RealTokens);
+        # pretraining turns it on for graph-mode steps (skip_padding_in_training).
+        self.skip_padding = False
         # Keras tracks the list, but tf.train.Checkpoint does not see Keras lists: without these
         # names a checkpoint of the model alone would silently leave out every encoder layer.
         for i, layer in enumerate(self.encoder_layers):
@@ -226,14 +267,27 @@ class ElectraModel(keras.Model):
         hidden = self.embeddings(input_ids, token_type_ids, training=training)
         if self.embeddings_project is not None:
             hidden = self.embeddings_project(hidden)
+        real_tokens = RealTokens.of(attention_mask) if training and self.skip_padding else None
+        if real_tokens is not None:
+            hidden = real_tokens.gather(hidden)
         all_hidden = [hidden]
         for layer in self.encoder_layers:
-            hidden = layer(hidden, attention_mask, training=training)
+            hidden = layer(hidden, attention_mask, training=training, real_tokens=real_tokens)
             all_hidden.append(hidden)
-        outputs: dict[str, Any] = {"last_hidden_state": hidden}
+        padded = real_tokens.spread if real_tokens is not None else tf.identity
+        outputs: dict[str, Any] = {"last_hidden_state": padded(hidden)}
         if output_hidden_states:
-            outputs["hidden_states"] = tuple(all_hidden)
+            outputs["hidden_states"] = tuple(padded(layer_output) for layer_output in all_hidden)
         return outputs
+
+
+def skip_padding_in_training(model: keras.Model, skip: bool) -> None:
+    """Turns RealTokens on or off in every encoder of `model` (off for an XLA-compiled step)."""
+    for layer in [model, *getattr(model, "layers", [])]:
+        if isinstance(layer, ElectraModel):
+            layer.skip_padding = skip
+        elif layer is not model and isinstance(layer, keras.Model):
+            skip_padding_in_training(layer, skip)
 
 
 class DiscriminatorHead(keras.layers.Layer):

@@ -19,7 +19,7 @@ import pretrain_utils
 import run_utils
 import training
 from configuration import MODEL_SIZES, ElectraConfig, PretrainingObjective
-from modeling import ElectraPretrainingModel
+from modeling import ElectraPretrainingModel, skip_padding_in_training
 from safe_io import UserError
 
 logger = logging.getLogger(__name__)
@@ -131,6 +131,7 @@ def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel,
     def loss_fn(batch: dict[str, tf.Tensor], seed: tf.Tensor, first_row: tf.Tensor) -> dict[str, tf.Tensor]:
         return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, first_row, training=True)
 
+    skip_padding_in_training(model, not args.xla)
     return run_utils.make_trainer(args, loss_fn, model.trainable_variables,
                                   build_optimizer(args, model.trainable_variables), engine)
 

@@ -36,6 +36,7 @@ PROGRAMS = (
     "scripts/benchmark_pretraining.py",
     "scripts/benchmark_squad.py",
     "scripts/benchmark_data.py",
+    "scripts/benchmark_xla_matmul.py",
     "scripts/gen_flag_docs.py",
 )
 HEADER = """# Every flag

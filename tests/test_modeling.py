@@ -12,7 +12,7 @@ import transformers
 
 from configuration import ElectraConfig
 from model_folder import hf_parameters, load_model_folder, save_model_folder
-from modeling import Dropout, ElectraDiscriminator, ElectraGenerator, ElectraModel, gelu_exact
+from modeling import Dropout, ElectraDiscriminator, ElectraGenerator, ElectraModel, gelu_exact, skip_padding_in_training
 
 PARITY_TOLERANCE = 1e-4
 # Every tensor, biases and LayerNorm included, is redrawn at this scale so that a swapped or
@@ -168,6 +168,38 @@ def test_padding_does_not_change_real_positions() -> None:
     logits_short = run_keras(model, short)["logits"].numpy()
     logits_long = run_keras(model, long)["logits"].numpy()[:, :9]
     assert_close(logits_short, logits_long, "logits at real tokens", tolerance=1e-5)
+
+
+def training_pass(model: ElectraDiscriminator, batch: dict[str, np.ndarray], skip_padding: bool) -> tuple[dict, list]:
+    """A training-mode forward pass and the gradient of every weight for a loss over real tokens."""
+    skip_padding_in_training(model, skip_padding)
+    real = tf.cast(batch["attention_mask"], tf.float32)
+    with tf.GradientTape() as tape:
+        outputs = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], training=True,
+                        output_hidden_states=True)
+        loss = tf.reduce_sum(tf.sin(outputs["logits"]) * real)
+    return outputs, [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
+
+
+def test_training_on_real_tokens_only_gives_the_padded_encoders_outputs_and_gradients() -> None:
+    """RealTokens leaves the padding out of the position-wise work: every hidden state at the
+    real tokens and every weight's gradient must be those of the padded computation, and the
+    padding comes out as zeros. Dropout is off so that both passes draw nothing."""
+    config = ElectraConfig.from_size("small", num_hidden_layers=2, hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    model = ElectraDiscriminator(config)
+    perturb_keras(model, seed=7)
+    batch = padded_batch(config.vocab_size, lengths=(24, 17, 9, 3), seed=7)
+    padded, padded_gradients = training_pass(model, batch, skip_padding=False)
+    unpadded, unpadded_gradients = training_pass(model, batch, skip_padding=True)
+    real = batch["attention_mask"].astype(bool)
+    for i, (a, b) in enumerate(zip(padded["hidden_states"], unpadded["hidden_states"])):
+        assert_close(b.numpy()[real], a.numpy()[real], f"hidden state {i} at real tokens", tolerance=1e-5)
+        assert not np.any(b.numpy()[~real]), f"hidden state {i} is not zero at the padding"
+    assert_close(unpadded["logits"].numpy()[real], padded["logits"].numpy()[real], "logits", tolerance=1e-5)
+    assert len(padded_gradients) == len(unpadded_gradients) == len(model.trainable_variables)
+    for variable, a, b in zip(model.trainable_variables, padded_gradients, unpadded_gradients):
+        assert_close(b, a, f"gradient of {variable.path}", tolerance=1e-5)
 
 
 def test_generator_and_discriminator_can_share_embeddings() -> None:
