@@ -197,23 +197,20 @@ class RealTokens:
     so the compiled step keeps the padded layout.
     """
 
-    indices: tf.Tensor  # [real tokens, 1] int64 positions in the flattened [batch * seq]
-    batch_and_length: tf.Tensor  # [2] int32
+    indices: tf.Tensor  # [real tokens, 2] int64 (row, position)
+    batch_and_length: tf.Tensor  # [2] int64
 
     @classmethod
     def of(cls, attention_mask: tf.Tensor) -> "RealTokens":
-        return cls(tf.where(tf.reshape(attention_mask, [-1]) > 0), tf.shape(attention_mask))
+        return cls(tf.where(attention_mask > 0), tf.shape(attention_mask, out_type=tf.int64))
 
     def gather(self, padded: tf.Tensor) -> tf.Tensor:
         """[batch, seq, width] -> [real tokens, width]."""
-        return tf.gather_nd(tf.reshape(padded, [-1, tf.shape(padded)[-1]]), self.indices)
+        return tf.gather_nd(padded, self.indices)
 
     def spread(self, real: tf.Tensor) -> tf.Tensor:
         """[real tokens, width] -> [batch, seq, width], zeros at the padding."""
-        rows = tf.reduce_prod(tf.cast(self.batch_and_length, tf.int64))
-        width = tf.shape(real, out_type=tf.int64)[-1]
-        flat = tf.scatter_nd(self.indices, real, tf.stack([rows, width]))
-        return tf.reshape(flat, tf.concat([self.batch_and_length, [tf.shape(real)[-1]]], 0))
+        return tf.scatter_nd(self.indices, real, tf.concat([self.batch_and_length, tf.shape(real, tf.int64)[-1:]], 0))
 
 
 def attention_bias_from_mask(attention_mask: tf.Tensor) -> tf.Tensor:
