@@ -89,23 +89,38 @@ def candidate_passages(books: Sequence[Path], blank: re.Pattern = NAME_SPAN) -> 
     return named, nameless
 
 
+def pick_questions(questions: list, count: int, rng: np.random.Generator) -> list:
+    """`count` of a passage's questions, in passage order (one is drawn as the first versions of
+    this module drew it, so one-a-passage sets stay the same)."""
+    if count == 1:
+        return [questions[rng.integers(len(questions))]]
+    return [questions[i] for i in sorted(rng.permutation(len(questions))[:count])]
+
+
 def squad_document(books: Sequence[Path], seed: int, version_2: bool, num_questions: int,
-                   blank: re.Pattern = NAME_SPAN) -> dict:
-    """One cloze question on each of `num_questions` passages (fewer if the books have fewer), as
-    a SQuAD JSON document; with `version_2`, each also asked about a nameless passage."""
+                   blank: re.Pattern = NAME_SPAN, questions_per_passage: int = 1) -> dict:
+    """Up to `num_questions` cloze questions, at most `questions_per_passage` on each passage
+    (fewer if the books have fewer), as a SQuAD JSON document; with `version_2`, each also asked
+    about a nameless passage. Several questions on one passage give more reading practice from
+    the same books: each blanks another word."""
     rng = np.random.default_rng(seed)
     named, nameless = candidate_passages(books, blank)
     if not named or (version_2 and not nameless):
         raise ValueError(f"no passage of {', '.join(map(str, books))} gives a cloze question")
-    paragraphs = []
-    for i, index in enumerate(rng.permutation(len(named))[:num_questions]):
+    paragraphs, asked = [], 0
+    for index in rng.permutation(len(named)):
+        if asked == num_questions:
+            break
         passage, questions = named[index]
-        question, answer, start = questions[rng.integers(len(questions))]
-        paragraphs.append({"context": passage, "qas": [
-            {"id": f"q{i}", "question": question, "answers": [{"text": answer, "answer_start": int(start)}]}]})
-        if version_2:
-            paragraphs.append({"context": nameless[rng.integers(len(nameless))], "qas": [
-                {"id": f"q{i}-none", "question": question, "answers": [], "is_impossible": True}]})
+        qas, unanswerable = [], []
+        for question, answer, start in pick_questions(questions, min(questions_per_passage, num_questions - asked), rng):
+            qas.append({"id": f"q{asked}", "question": question,
+                        "answers": [{"text": answer, "answer_start": int(start)}]})
+            if version_2:
+                unanswerable.append({"context": nameless[rng.integers(len(nameless))], "qas": [
+                    {"id": f"q{asked}-none", "question": question, "answers": [], "is_impossible": True}]})
+            asked += 1
+        paragraphs += [{"context": passage, "qas": qas}, *unanswerable]
     return {"version": "2.0" if version_2 else "1.1", "data": [{"title": "cloze", "paragraphs": paragraphs}]}
 
 
@@ -172,8 +187,9 @@ def write_question_sets(args: argparse.Namespace) -> dict[str, int]:
     counts, documents = {}, {}
     for split, books, count, seed in (("train", args.train_books, args.num_train_questions, args.seed),
                                       ("dev", args.dev_books, args.num_dev_questions, args.seed + 1)):
+        per_passage = args.questions_per_passage if split == "train" else 1
         document = squad_document(book_paths(corpus_dir, books), seed, args.version == "2.0", count,
-                                  BLANKS[args.blank])
+                                  BLANKS[args.blank], per_passage)
         path = output_dir / f"{split}-v{args.version}.json"
         path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
         counts[split] = sum(len(p["qas"]) for p in document["data"][0]["paragraphs"])
@@ -200,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="SQuAD version: 2.0 adds an unanswerable twin of every question")
     parser.add_argument("--num-train-questions", type=int, default=2500, help="answerable training questions")
     parser.add_argument("--num-dev-questions", type=int, default=400, help="answerable dev questions")
+    parser.add_argument("--questions-per-passage", type=int, default=1,
+                        help="most training questions asked on one passage, each blanking another word (the dev "
+                             "set keeps one a passage)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the passage and question choice")
     parser.add_argument("--blank", choices=sorted(BLANKS), default="names",
                         help="what a question blanks: a name, or a lower-case word of 7 letters or more")

@@ -65,3 +65,26 @@ def test_baselines_answer_without_reading_and_are_scored_officially():
     assert scores == {"first name in the passage": {"exact_match": 50.0, "f1": 50.0},
                       "first name in the passage not in the question": {"exact_match": 100.0, "f1": 100.0},
                       "most frequent training answer": {"exact_match": 0.0, "f1": 0.0}}
+
+
+def test_several_questions_a_passage_blank_different_words_and_the_dev_set_keeps_one(sample_corpus_dir: Path,
+                                                                                     tmp_path: Path):
+    one_each, several = tmp_path / "one", tmp_path / "several"
+    common = ["--corpus-dir", str(sample_corpus_dir), "--blank", "words", "--num-train-questions", "300",
+              "--num-dev-questions", "20"]
+    assert cloze_squad.main([*common, "--output-dir", str(one_each)]) == 0
+    assert cloze_squad.main([*common, "--output-dir", str(several), "--questions-per-passage", "4"]) == 0
+    paragraphs = json.loads((several / "train-v1.1.json").read_text())["data"][0]["paragraphs"]
+    assert sum(len(p["qas"]) for p in paragraphs) == 300
+    assert max(len(p["qas"]) for p in paragraphs) == 4 and len(paragraphs) < 300
+    for paragraph in paragraphs:
+        starts = [qa["answers"][0]["answer_start"] for qa in paragraph["qas"]]
+        assert starts == sorted(set(starts))  # each question blanks another word, in passage order
+        for qa in paragraph["qas"]:
+            answer = qa["answers"][0]
+            assert paragraph["context"][answer["answer_start"]:].startswith(answer["text"])
+            assert (qa["question"], answer["text"], answer["answer_start"]) in cloze_squad.cloze_questions(
+                paragraph["context"], cloze_squad.LONG_WORD)
+    assert len({qa["id"] for p in paragraphs for qa in p["qas"]}) == 300
+    # the dev set does not depend on how many training questions a passage gives
+    assert (one_each / "dev-v1.1.json").read_text() == (several / "dev-v1.1.json").read_text()
