@@ -23,9 +23,9 @@
 # A re-run skips every finished stage (RESULTS/.done-<stage>) and resumes an interrupted
 # pretraining or fine-tuning from its last checkpoint. Uses the GPU when there is one (float16
 # and XLA), else bfloat16 where the CPU has bfloat16 instructions, else float32.
-# Environment: PRETRAIN_STEPS, PRETRAIN_SEQ_LENGTH, FINETUNE_EPOCHS, FINETUNE_LR, CLOZE_BLANK
-# (words | names), NUM_TRAIN_QUESTIONS, QUESTIONS_PER_PASSAGE, NUM_DEV_QUESTIONS override the
-# settings of either mode.
+# Environment: PRETRAIN_STEPS, PRETRAIN_SEQ_LENGTH, PRETRAIN_LR, FINETUNE_EPOCHS, FINETUNE_LR,
+# CLOZE_BLANK (words | names), NUM_TRAIN_QUESTIONS, QUESTIONS_PER_PASSAGE, NUM_DEV_QUESTIONS
+# override the settings of either mode.
 #
 # Example: bash scripts/quickstart.sh --results results/my_first_run
 set -euo pipefail
@@ -64,7 +64,7 @@ fi
 # Chosen by measurement (docs/quickstart.md): short sequences make a pretraining step cheap, so
 # the budget buys more of them; several questions on each passage (each blanking another word)
 # give the fine-tuning more reading practice than more passes over fewer questions.
-pretrain_seq_length=${PRETRAIN_SEQ_LENGTH:-64} pretrain_lr=5e-3
+pretrain_seq_length=${PRETRAIN_SEQ_LENGTH:-64} pretrain_lr=${PRETRAIN_LR:-5e-3}
 finetune_lr=${FINETUNE_LR:-1e-3} cloze_blank=${CLOZE_BLANK:-words}
 questions_per_passage=${QUESTIONS_PER_PASSAGE:-6}
 model_config="$repo_dir/scripts/configs/quickstart_model.json"
