@@ -227,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.questions_per_passage < 1:
+        parser.error(f"--questions-per-passage must be 1 or more, got {args.questions_per_passage}")
     args.corpus_dir = args.corpus_dir or str(SAMPLE_CORPUS_DIR)
     try:
         write_question_sets(args)

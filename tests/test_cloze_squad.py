@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 import cloze_squad  # noqa: E402
 import squad_utils  # noqa: E402
@@ -88,3 +90,11 @@ def test_several_questions_a_passage_blank_different_words_and_the_dev_set_keeps
     assert len({qa["id"] for p in paragraphs for qa in p["qas"]}) == 300
     # the dev set does not depend on how many training questions a passage gives
     assert (one_each / "dev-v1.1.json").read_text() == (several / "dev-v1.1.json").read_text()
+
+
+def test_no_questions_a_passage_is_refused_in_one_line_before_anything_is_written(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cloze_squad.main(["--output-dir", str(tmp_path / "out"), "--questions-per-passage", "0"])
+    assert exit_info.value.code == 2
+    assert "--questions-per-passage must be 1 or more, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
