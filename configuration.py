@@ -193,10 +193,19 @@ class ElectraConfig:
 
 @dataclass(frozen=True)
 class PretrainingObjective:
-    """Hyper-parameters of replaced-token detection (docs/recipe.md, Dynamic masking and The objective)."""
+    """Hyper-parameters of replaced-token detection (docs/recipe.md, Dynamic masking and The objective).
 
+    `kind` "masked_lm" trains the generator alone on its masked-LM loss (BERT's objective), the
+    control of ELECTRA's headline comparison; the discriminator is then neither run nor trained.
+    """
+
+    kind: str = "electra"
     mask_prob: float = 0.15
     discriminator_weight: float = 50.0
     generator_weight: float = 1.0
     temperature: float = 1.0
     disallow_correct: bool = False
+
+    @property
+    def detects_replaced_tokens(self) -> bool:
+        return self.kind == "electra"

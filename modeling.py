@@ -420,6 +420,16 @@ class ElectraPretrainingModel(keras.Model):
             masked.masked_input_ids, input_mask, segment_ids, training=training)["last_hidden_state"]
         generator_logits = self.generator.generator_predictions(
             pretrain_utils.gather_positions(generator_hidden, masked.masked_positions))
+        generator_loss = masked_lm_loss(generator_logits, masked.masked_ids, masked.masked_weights)
+        outputs = {
+            "total_loss": objective.generator_weight * generator_loss,
+            "generator_loss": generator_loss,
+            "masked_weights": masked.masked_weights,
+            "masked_lm_correct": tf.cast(
+                tf.equal(tf.argmax(generator_logits, -1, output_type=tf.int32), masked.masked_ids), tf.float32),
+        }
+        if not objective.detects_replaced_tokens:
+            return outputs
         sampled_ids = pretrain_utils.sample_replacements(
             generator_logits, masked.masked_ids, seed=seed, temperature=objective.temperature,
             disallow_correct=objective.disallow_correct, first_row=first_row)
@@ -427,16 +437,11 @@ class ElectraPretrainingModel(keras.Model):
             input_ids, masked.masked_positions, sampled_ids, masked.masked_weights)
         discriminator_logits = self.discriminator(
             fake_input_ids, input_mask, segment_ids, training=training)["logits"]
-        generator_loss = masked_lm_loss(generator_logits, masked.masked_ids, masked.masked_weights)
         discriminator_loss = replaced_token_loss(discriminator_logits, labels, input_mask)
         return {
-            "total_loss": objective.generator_weight * generator_loss
-                          + objective.discriminator_weight * discriminator_loss,
-            "generator_loss": generator_loss,
+            **outputs,
+            "total_loss": outputs["total_loss"] + objective.discriminator_weight * discriminator_loss,
             "discriminator_loss": discriminator_loss,
-            "masked_weights": masked.masked_weights,
-            "masked_lm_correct": tf.cast(
-                tf.equal(tf.argmax(generator_logits, -1, output_type=tf.int32), masked.masked_ids), tf.float32),
             "sampled_correct": tf.cast(tf.equal(sampled_ids, masked.masked_ids), tf.float32),
             "discriminator_probs": tf.sigmoid(discriminator_logits),
             "discriminator_labels": labels,

@@ -1,5 +1,7 @@
 """Turn a pretraining checkpoint into Hugging Face model folders: OUTPUT_DIR/discriminator
 (ElectraForPreTraining, the one to fine-tune) and OUTPUT_DIR/generator (ElectraForMaskedLM).
+A masked-LM-only run (run_pretraining.py --objective masked_lm) gives OUTPUT_DIR/generator alone,
+the model to fine-tune then.
 
 The architecture comes from the run's `run_config.json` (RESULTS_DIR/run_config.json for a
 checkpoint RESULTS_DIR/checkpoints/ckpt-N), so any model size works. Only the model is read
@@ -88,14 +90,24 @@ def weights_source(checkpoint: str, part: str) -> str:
     return f"{checkpoint} ({part})"
 
 
+def trained_parts(model: ElectraPretrainingModel) -> tuple[str, ...]:
+    """Both halves, or the generator alone after a masked_lm run (its discriminator was never trained)."""
+    return PARTS if model.objective.detects_replaced_tokens else ("generator",)
+
+
 def postprocess(checkpoint: str, output_dir: str, vocab_file: str | None) -> dict[str, str]:
-    """Write both model folders; returns {"discriminator": folder, "generator": folder}."""
+    """Write the trained model folders; returns {"discriminator": folder, "generator": folder}
+    (the generator's alone after a masked_lm run)."""
     model = restore_pretraining_model(checkpoint)
-    for part in PARTS:  # both checked before either is written
+    parts = trained_parts(model)
+    for part in parts:  # all checked before any is written
         check_finite_tensors(folder_tensors(getattr(model, part)), weights_source(checkpoint, part))
     writable_output_dir(output_dir, "--output_dir")  # after the checks: a failed export leaves no folder
+    if len(parts) < len(PARTS):
+        logger.info("%s comes from a masked-LM-only run (objective masked_lm): only its generator was trained, "
+                    "fine-tune %s", checkpoint, os.path.join(output_dir, "generator"))
     folders = {}
-    for part in PARTS:
+    for part in parts:
         folder = os.path.join(output_dir, part)
         save_model_folder(getattr(model, part), folder, source=weights_source(checkpoint, part))
         if vocab_file:

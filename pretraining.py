@@ -27,9 +27,15 @@ BAD_RECORD_FIX = ("rebuild that file (the same build_pretraining_dataset.py comm
                   "it again, then resume with --restore_checkpoint latest; or resume with --skip_bad_records to skip "
                   "from that record to the end of its file each epoch")
 REBUILD_FIX = "rebuild the pretraining files with build_pretraining_dataset.py"
+OBJECTIVES = ("electra", "masked_lm")
 
 
 def add_model_flags(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--objective", choices=OBJECTIVES, default="electra",
+                       help="electra: replaced-token detection, the generator feeding the discriminator; masked_lm: "
+                            "the generator alone on its masked-LM loss (BERT's objective), the control of ELECTRA's "
+                            "comparison at equal compute; it has the discriminator's architecture unless "
+                            "--generator_hidden_size is given, and it is the model to fine-tune (OUTPUT/generator)")
     group.add_argument("--model_size", choices=sorted(MODEL_SIZES), default="base", help="discriminator size")
     group.add_argument("--model_config", default=None,
                        help="a discriminator config.json (Hugging Face keys) for a custom size; overrides --model_size")
@@ -78,8 +84,11 @@ def discriminator_config_from_args(args: argparse.Namespace) -> ElectraConfig:
 
 def build_model(args: argparse.Namespace) -> ElectraPretrainingModel:
     discriminator_config = discriminator_config_from_args(args)
-    generator_config = discriminator_config.generator_config(hidden_fraction=args.generator_hidden_size)
-    objective = PretrainingObjective(mask_prob=args.mask_prob, discriminator_weight=args.disc_weight,
+    if args.objective == "masked_lm" and args.generator_hidden_size is None:
+        generator_config = discriminator_config  # the control is the discriminator's architecture exactly
+    else:
+        generator_config = discriminator_config.generator_config(hidden_fraction=args.generator_hidden_size)
+    objective = PretrainingObjective(kind=args.objective, mask_prob=args.mask_prob, discriminator_weight=args.disc_weight,
                                      temperature=args.temperature, disallow_correct=args.disallow_correct)
     return ElectraPretrainingModel(discriminator_config, generator_config, objective, dtype=run_utils.compute_policy(args))
 
@@ -95,23 +104,32 @@ def build_optimizer(args: argparse.Namespace, variables: list) -> keras.optimize
 
 
 class PretrainingMetrics:
-    """Running means of the objective's metrics between two log lines (discriminator AUC included)."""
+    """Running means of the objective's metrics between two log lines (discriminator AUC included;
+    the generator's alone under masked_lm)."""
 
     NAMES = ("total_loss", "generator_loss", "discriminator_loss", "masked_lm_accuracy", "sampled_accuracy",
              "discriminator_accuracy", "discriminator_precision", "discriminator_recall")
+    GENERATOR_NAMES = ("total_loss", "generator_loss", "masked_lm_accuracy")
 
-    def __init__(self) -> None:
-        self.means = {name: keras.metrics.Mean(name=name) for name in self.NAMES}
-        self.auc = keras.metrics.AUC(num_thresholds=200, name="discriminator_auc")
+    def __init__(self, objective: PretrainingObjective = PretrainingObjective()) -> None:
+        names = self.NAMES if objective.detects_replaced_tokens else self.GENERATOR_NAMES
+        self.means = {name: keras.metrics.Mean(name=name) for name in names}
+        self.auc = (keras.metrics.AUC(num_thresholds=200, name="discriminator_auc")
+                    if objective.detects_replaced_tokens else None)
 
     @tf.function
     def update(self, outputs: dict[str, tf.Tensor]) -> None:
+        for name in ("total_loss", "generator_loss"):
+            self.means[name].update_state(outputs[name])
+        self.means["masked_lm_accuracy"].update_state(outputs["masked_lm_correct"], outputs["masked_weights"])
+        if self.auc is not None:
+            self.update_discriminator(outputs)
+
+    def update_discriminator(self, outputs: dict[str, tf.Tensor]) -> None:
         weights, mask = outputs["masked_weights"], outputs["input_mask"]
         labels = tf.cast(outputs["discriminator_labels"], tf.float32)
         predicted = tf.cast(outputs["discriminator_probs"] > 0.5, tf.float32)
-        for name in ("total_loss", "generator_loss", "discriminator_loss"):
-            self.means[name].update_state(outputs[name])
-        self.means["masked_lm_accuracy"].update_state(outputs["masked_lm_correct"], weights)
+        self.means["discriminator_loss"].update_state(outputs["discriminator_loss"])
         self.means["sampled_accuracy"].update_state(outputs["sampled_correct"], weights)
         self.means["discriminator_accuracy"].update_state(tf.cast(tf.equal(predicted, labels), tf.float32), mask)
         self.means["discriminator_precision"].update_state(labels, predicted * mask)
@@ -119,9 +137,9 @@ class PretrainingMetrics:
         self.auc.update_state(labels, outputs["discriminator_probs"], sample_weight=mask)
 
     def result_and_reset(self) -> dict[str, float]:
-        values = {name: float(metric.result()) for name, metric in self.means.items()}
-        values["discriminator_auc"] = float(self.auc.result())
-        for metric in [*self.means.values(), self.auc]:
+        metrics = {**self.means, **({"discriminator_auc": self.auc} if self.auc is not None else {})}
+        values = {name: float(metric.result()) for name, metric in metrics.items()}
+        for metric in metrics.values():
             metric.reset_state()
         return values
 
@@ -132,8 +150,10 @@ def build_trainer(args: argparse.Namespace, model: ElectraPretrainingModel,
         return model(batch["input_ids"], batch["input_mask"], batch["segment_ids"], seed, first_row, training=True)
 
     skip_padding_in_training(model, not args.xla)
-    return run_utils.make_trainer(args, loss_fn, model.trainable_variables,
-                                  build_optimizer(args, model.trainable_variables), engine)
+    # Under masked_lm only the generator (with the shared embeddings) learns: the discriminator
+    # gets no gradient and keeps its initial weights.
+    variables = model.generator.trainable_variables if args.objective == "masked_lm" else model.trainable_variables
+    return run_utils.make_trainer(args, loss_fn, variables, build_optimizer(args, variables), engine)
 
 
 @dataclasses.dataclass

@@ -184,7 +184,8 @@ def train(args: argparse.Namespace, engine: distributed.SingleProcess | None = N
     try:
         with run_utils.stop_requests() as stop:
             result = training.run_training_loop(trainer, batch_source(args, iterator, engine), plan, state, engine,
-                                                stop, metrics=PretrainingMetrics(), hooks=[log] if log else [])
+                                                stop, metrics=PretrainingMetrics(model.objective),
+                                                hooks=[log] if log else [])
     finally:
         if log:
             log.close()

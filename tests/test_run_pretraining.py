@@ -19,9 +19,9 @@ import run_pretraining
 import run_utils
 import training
 from configuration import ElectraConfig, PretrainingObjective
-from model_folder import save_model_folder
-from modeling import (ElectraDiscriminator, ElectraGenerator, ElectraPretrainingModel, masked_lm_loss,
-                      replaced_token_loss)
+from model_folder import assign_tensors, read_tensors, save_model_folder
+from modeling import (ElectraDiscriminator, ElectraForQuestionAnswering, ElectraGenerator, ElectraPretrainingModel,
+                      masked_lm_loss, replaced_token_loss)
 
 TINY_CONFIG = {"vocab_size": 30522, "embedding_size": 32, "hidden_size": 64, "num_hidden_layers": 2,
                "num_attention_heads": 1, "intermediate_size": 128, "max_position_embeddings": 128}
@@ -317,6 +317,41 @@ def test_init_checkpoint_loads_hugging_face_model_folders(repo_root, tiny_config
                            if n.startswith("optimizer/_trainable_variables/") and shape == [30522, 32])
     np.testing.assert_array_equal(saved.get_tensor(word_embeddings),
                                   discriminator.electra.embeddings.word_embeddings.numpy())
+
+
+def test_masked_lm_objective_trains_the_generator_alone_and_postprocesses_to_it(repo_root, tiny_config_file,
+                                                                            austen_tfrecords, tmp_path):
+    """ELECTRA's control: the generator on its masked-LM loss, the discriminator neither run nor
+    trained, and a generator folder whose encoder a fine-tuning model loads whole."""
+    command = pretraining_command(tiny_config_file, austen_tfrecords["train"], tmp_path / "run",
+                                  "--objective", "masked_lm", "--num_train_steps", "3", "--save_checkpoints_steps", "1")
+    flag = command.index("--generator_hidden_size")
+    del command[flag:flag + 2]  # the default: the discriminator's architecture, intermediate size included
+    result = run(command, repo_root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = metrics_records(tmp_path / "run")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["total_loss"] == r["generator_loss"] and "discriminator_loss" not in r
+               and "discriminator_auc" not in r for r in records)
+    first, second = (checkpoint_variables(str(tmp_path / "run" / "checkpoints" / f"ckpt-{n}")) for n in (2, 3))
+    moved = {name for name in first if not np.array_equal(first[name], second[name])}
+    # The trained weights are saved under the optimizer's paths, the discriminator's own under the model's.
+    assert any(name.startswith("optimizer/_trainable_variables/") for name in moved)
+    discriminator = [name for name in first if name.startswith("model/discriminator/electra/layer_")]
+    assert discriminator and not moved.intersection(discriminator)
+
+    post = run([sys.executable, "postprocess_pretrained_ckpt.py", "--pretrained_checkpoint",
+                str(tmp_path / "run" / "checkpoints"), "--output_dir", str(tmp_path / "post")], repo_root)
+    assert post.returncode == 0, post.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "post").iterdir()) == ["generator"]
+    assert "masked-LM-only run" in post.stderr
+    tensors = read_tensors(str(tmp_path / "post" / "generator"))
+    question_answering = ElectraForQuestionAnswering(ElectraConfig(**TINY_CONFIG))
+    report = assign_tensors(question_answering, tensors, source="generator")
+    assert report.newly_initialised and all(name.startswith("qa_head.") for name in report.newly_initialised)
+    assert report.unused and all(name.startswith("generator_") for name in report.unused)
+    np.testing.assert_array_equal(question_answering.electra.encoder_layers[1].query.kernel.numpy().T,
+                                  tensors["electra.encoder.layer.1.attention.self.query.weight"])
 
 
 @pytest.mark.parametrize("precision", ["float16", "bfloat16"])
