@@ -132,6 +132,30 @@ def test_an_unfinished_pretraining_resumes_from_its_checkpoint(first_run: dict, 
     assert "Resumed from" in (results / "pretrain.log").read_text()
 
 
+def test_compare_mlm_adds_the_masked_lm_only_control_at_equal_time(first_run: dict, repo_root: Path):
+    results = first_run["results"]
+    process = quickstart(repo_root, results, "--compare-mlm")
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    assert all(f"stage {stage}: already done, skipped" in process.stdout for stage in STAGES)
+    logged = [m for m in metrics(results / "pretraining_mlm" / "phase1" / "logs" / "metrics.jsonl")
+              if "total_loss" in m]
+    assert logged[-1]["step"] == 14  # 12 x 6/5: a masked-LM-only step costs 5/6 of an ELECTRA step
+    assert all("discriminator_loss" not in m and math.isfinite(m["generator_loss"]) for m in logged)
+    assert logged[-1]["generator_loss"] < logged[0]["generator_loss"]
+    assert sorted(p.name for p in (results / "postprocessed_mlm").iterdir()) == ["generator"]
+    generator = json.loads((results / "postprocessed_mlm" / "generator" / "config.json").read_text())
+    assert (generator["hidden_size"], generator["num_hidden_layers"]) == (256, 4)  # the discriminator's size
+    dev = squad_utils.read_squad_file(results / "squad_data" / "dev-v1.1.json").examples
+    predictions = json.loads((results / "squad_mlm" / "predictions.json").read_text())
+    evaluation = json.loads((results / "squad_mlm" / "eval_results.json").read_text())
+    assert evaluation == squad_utils.evaluate_v1(squad_utils.gold_answers(dev), predictions)
+    pretrained = json.loads((results / "squad" / "eval_results.json").read_text())
+    assert (f"  {'fine-tuned from the masked-LM-only model, same time':<56} EM {evaluation['exact_match']:5.1f}  "
+            f"F1 {evaluation['f1']:5.1f}") in process.stdout
+    assert (f"Replaced-token detection brings {pretrained['f1'] - evaluation['f1']:+.1f} F1 over masked-LM-only "
+            "pretraining.") in process.stdout
+
+
 @pytest.mark.parametrize("args, message", [
     (("--stage", "pretraining"), "unknown stage 'pretraining'"),
     (("--stage", "finetune"), "stage 'finetune' needs stage 'data' first"),
