@@ -88,8 +88,9 @@ def build_model(args: argparse.Namespace) -> ElectraPretrainingModel:
         generator_config = discriminator_config  # the control is the discriminator's architecture exactly
     else:
         generator_config = discriminator_config.generator_config(hidden_fraction=args.generator_hidden_size)
-    objective = PretrainingObjective(kind=args.objective, mask_prob=args.mask_prob, discriminator_weight=args.disc_weight,
-                                     temperature=args.temperature, disallow_correct=args.disallow_correct)
+    objective = PretrainingObjective(kind=args.objective, mask_prob=args.mask_prob,
+                                     discriminator_weight=args.disc_weight, temperature=args.temperature,
+                                     disallow_correct=args.disallow_correct)
     return ElectraPretrainingModel(discriminator_config, generator_config, objective, dtype=run_utils.compute_policy(args))
 
 

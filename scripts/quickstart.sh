@@ -26,7 +26,7 @@
 #   --stage NAME    run only this stage (repeatable), from scratch even if it finished; the
 #                   stages before it must have finished, the later ones will be redone
 #   --reduced       a few steps and questions only (what CI runs): checks the pipeline, not quality
-#   --compare-mlm   also pretrain and fine-tune the masked-LM-only control (about 8 more minutes)
+#   --compare-mlm   also pretrain and fine-tune the masked-LM-only control (about 7 more minutes)
 # A re-run skips every finished stage (RESULTS/.done-<stage>) and resumes an interrupted
 # pretraining or fine-tuning from its last checkpoint. Uses the GPU when there is one (float16
 # and XLA), else bfloat16 where the CPU has bfloat16 instructions, else float32.
