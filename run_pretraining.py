@@ -96,6 +96,10 @@ def check_run_config_matches(model: ElectraPretrainingModel, checkpoint: str) ->
         return
     with open(saved_config, encoding="utf-8") as f:
         saved = json.load(f)
+    saved_objective = saved.get("objective", {}).get("kind", "electra")
+    if saved_objective != model.objective.kind:
+        raise ValueError(f"checkpoint {checkpoint} was written with --objective {saved_objective}, this run has "
+                         f"--objective {model.objective.kind}: pass --objective {saved_objective} to continue it")
     for part in ("discriminator", "generator"):
         ours = getattr(model, part).config.to_dict()
         theirs = saved.get(part, ours)

@@ -340,6 +340,12 @@ def test_masked_lm_objective_trains_the_generator_alone_and_postprocesses_to_it(
     discriminator = [name for name in first if name.startswith("model/discriminator/electra/layer_")]
     assert discriminator and not moved.intersection(discriminator)
 
+    command[command.index("masked_lm")] = "electra"
+    other = run([*command, "--restore_checkpoint", "latest"], repo_root)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert (f"was written with --objective masked_lm, this run has --objective electra: pass --objective masked_lm "
+            "to continue it") in other.stderr
+
     post = run([sys.executable, "postprocess_pretrained_ckpt.py", "--pretrained_checkpoint",
                 str(tmp_path / "run" / "checkpoints"), "--output_dir", str(tmp_path / "post")], repo_root)
     assert post.returncode == 0, post.stderr[-3000:]
