@@ -41,6 +41,7 @@ source "$repo_dir/scripts/lib/args.sh"
 source "$repo_dir/scripts/lib/remove_within.sh"
 all_stages=(data squad_data pretrain postprocess finetune inference finetune_random)
 mlm_stages=(pretrain_mlm postprocess_mlm finetune_mlm)
+every_stage=("${all_stages[@]}" "${mlm_stages[@]}")  # in the order they run
 
 electra_help_if_asked "$@"
 results_dir="$repo_dir/results/quickstart"
@@ -52,8 +53,8 @@ while (( $# )); do
     --results|--stage) [[ -n "${2:-}" && "$2" != -* ]] || electra_die "$1 needs a value (see --help)" ;;&
     --results) results_dir=$2; shift 2 ;;
     --stage)
-      if [[ " ${all_stages[*]} ${mlm_stages[*]} " != *" $2 "* ]]; then
-        electra_die "unknown stage '$2' (one of: ${all_stages[*]} ${mlm_stages[*]})"
+      if [[ " ${every_stage[*]} " != *" $2 "* ]]; then
+        electra_die "unknown stage '$2' (one of: ${every_stage[*]})"
       fi
       stages+=("$2"); shift 2 ;;
     --reduced) reduced=true; shift ;;
@@ -194,7 +195,7 @@ stage_outputs() {  # what a stage writes, one path a line, removed when it is re
 redo_from_scratch() {  # this stage's outputs go, and every later stage is marked not done
   local stage=$1 later=false name
   local -a outputs
-  for name in "${all_stages[@]}" "${mlm_stages[@]}"; do
+  for name in "${every_stage[@]}"; do
     if [[ "$name" == "$stage" ]]; then later=true; fi
     if [[ "$later" == true ]]; then remove_within "$results_dir" "$results_dir/.done-$name"; fi
   done
@@ -213,7 +214,7 @@ run_stage() {
 
 check_earlier_stages_done() {
   local stage=$1 earlier
-  for earlier in "${all_stages[@]}" "${mlm_stages[@]}"; do
+  for earlier in "${every_stage[@]}"; do
     [[ "$earlier" == "$stage" ]] && return
     if [[ ! -e "$results_dir/.done-$earlier" && " ${stages[*]} " != *" $earlier "* ]]; then
       echo "error: stage '$stage' needs stage '$earlier' first (run: bash scripts/quickstart.sh --results $results_dir)" >&2
@@ -227,15 +228,15 @@ print_results() {
 import json, sys
 from pathlib import Path
 results = Path(sys.argv[1])
-pretraining = [json.loads(l) for l in (results / "pretraining/phase1/logs/metrics.jsonl").read_text().splitlines()]
-pretraining = [m for m in pretraining if "generator_loss" in m]
+def logged_steps(path):
+    return [m for m in map(json.loads, path.read_text().splitlines()) if "generator_loss" in m]
+pretraining = logged_steps(results / "pretraining/phase1/logs/metrics.jsonl")
 print(f"Pretraining, step {pretraining[0]['step']} -> {pretraining[-1]['step']}: generator loss "
       f"{pretraining[0]['generator_loss']:.2f} -> {pretraining[-1]['generator_loss']:.2f}, discriminator loss "
       f"{pretraining[0]['discriminator_loss']:.3f} -> {pretraining[-1]['discriminator_loss']:.3f}")
 mlm_log = results / "pretraining_mlm/phase1/logs/metrics.jsonl"
 if mlm_log.exists():
-    mlm = [json.loads(l) for l in mlm_log.read_text().splitlines()]
-    mlm = [m for m in mlm if "generator_loss" in m]
+    mlm = logged_steps(mlm_log)
     print(f"Masked-LM-only pretraining, step {mlm[0]['step']} -> {mlm[-1]['step']}: masked-LM loss "
           f"{mlm[0]['generator_loss']:.2f} -> {mlm[-1]['generator_loss']:.2f}")
 pretrained_row, random_row, mlm_row = ("fine-tuned from the pretrained discriminator",
