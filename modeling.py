@@ -153,6 +153,20 @@ class ElectraLayer(keras.layers.Layer):
         x = tf.reshape(x, [shape[0], shape[1], self.config.num_attention_heads, self.config.head_size])
         return tf.transpose(x, [0, 2, 1, 3])
 
+    def attention_probabilities(self, query: tf.Tensor, key: tf.Tensor, attention_mask: tf.Tensor) -> tf.Tensor:
+        """softmax(query . key / sqrt(head_size)) over the real tokens, float32 [batch, heads, seq, seq],
+        from [batch, heads, seq, head_size] projections."""
+        query = query * tf.cast(1.0 / math.sqrt(self.config.head_size), query.dtype)
+        scores = tf.matmul(query, key, transpose_b=True)
+        return tf.nn.softmax(tf.cast(scores, tf.float32) + attention_bias_from_mask(attention_mask), axis=-1)
+
+    def attention_weights(self, hidden: tf.Tensor, attention_mask: tf.Tensor) -> tf.Tensor:
+        """What each token attends to in this layer, float32 [batch, heads, seq, seq], for the
+        layer's input `hidden` [batch, seq, hidden] (inference: no dropout); for inspecting a
+        model (scripts/attention_matching.py)."""
+        query, key = (self._split_heads(projection(hidden)) for projection in (self.query, self.key))
+        return self.attention_probabilities(query, key, attention_mask)
+
     def self_attention(self, hidden: tf.Tensor, attention_mask: tf.Tensor, training: bool,
                        real_tokens: RealTokens | None = None) -> tf.Tensor:
         """Scores and context as batched matmuls over [batch, heads] (on CPU several times faster
@@ -163,10 +177,7 @@ class ElectraLayer(keras.layers.Layer):
         if real_tokens is not None:
             projections = [real_tokens.spread(projection) for projection in projections]
         query, key, value = (self._split_heads(projection) for projection in projections)
-        query = query * tf.cast(1.0 / math.sqrt(self.config.head_size), query.dtype)
-        scores = tf.matmul(query, key, transpose_b=True)
-        scores = tf.cast(scores, tf.float32) + attention_bias_from_mask(attention_mask)
-        probs = tf.nn.softmax(scores, axis=-1)
+        probs = self.attention_probabilities(query, key, attention_mask)
         probs = self.attention_dropout(tf.cast(probs, value.dtype), training=training)
         context = tf.transpose(tf.matmul(probs, value), [0, 2, 1, 3])
         shape = tf.shape(projections[0])

@@ -33,6 +33,7 @@ PROGRAMS = (
     "data/austen_glue_tasks.py",
     "run_tf_glue.py",
     "run_glue_inference.py",
+    "scripts/attention_matching.py",
     "scripts/benchmark_pretraining.py",
     "scripts/benchmark_squad.py",
     "scripts/benchmark_data.py",
