@@ -42,16 +42,21 @@ LONG_WORD = re.compile(r"(?<=[a-z,;] )(?!(?:himself|herself|themselves|without|s
 BLANKS = {"names": NAME_SPAN, "words": LONG_WORD}
 SENTENCE = re.compile(r"[^.!?]+[.!?]+")
 PASSAGE_CHARS = 320
+# Which passages training questions are cut from (the dev set always takes "named"): passages of
+# up to N characters, and whether they must name two people or more. "short" passages of one or
+# two sentences make the answer most often the only candidate the question does not show, which
+# teaches a reader to tell the question's words apart (docs/quickstart.md, What neither start learns).
+TRAIN_PASSAGES = {"named": (PASSAGE_CHARS, True), "short": (160, False)}
 WORDS_AROUND_BLANK = 5
 
 
-def passages(book: Path) -> Iterator[str]:
-    """Whole sentences of one paragraph at a time, up to PASSAGE_CHARS characters, spaces collapsed."""
+def passages(book: Path, max_chars: int = PASSAGE_CHARS) -> Iterator[str]:
+    """Whole sentences of one paragraph at a time, up to `max_chars` characters, spaces collapsed."""
     for block in re.split(r"\n\s*\n", book.read_text(encoding="utf-8")):
         passage = ""
         for sentence in SENTENCE.findall(" ".join(block.split())):
             sentence = sentence.strip()
-            if passage and len(passage) + 1 + len(sentence) > PASSAGE_CHARS:
+            if passage and len(passage) + 1 + len(sentence) > max_chars:
                 yield passage
                 passage = ""
             passage = f"{passage} {sentence}".strip()
@@ -73,20 +78,22 @@ def cloze_questions(passage: str, blank: re.Pattern = NAME_SPAN) -> list[tuple[s
     return questions
 
 
-def candidate_passages(books: Sequence[Path], blank: re.Pattern = NAME_SPAN) -> tuple[list[tuple[str, list]], list[str]]:
-    """Passages naming two or more people (with their questions on `blank`), and long passages
-    naming no one."""
-    named, nameless = [], []
+def candidate_passages(books: Sequence[Path], blank: re.Pattern = NAME_SPAN,
+                       kind: str = "named") -> tuple[list[tuple[str, list]], list[str]]:
+    """Passages of the TRAIN_PASSAGES `kind` with questions on `blank` (with those questions),
+    and long passages naming no one."""
+    max_chars, two_names = TRAIN_PASSAGES[kind]
+    answerable, nameless = [], []
     for book in books:
-        for passage in passages(book):
-            if len(passage) > PASSAGE_CHARS:
+        for passage in passages(book, max_chars):
+            if len(passage) > max_chars:
                 continue
             questions = cloze_questions(passage, blank)
-            if questions and len(set(NAME_SPAN.findall(passage))) >= 2:
-                named.append((passage, questions))
-            elif not NAME_SPAN.search(passage) and len(passage) > PASSAGE_CHARS // 2:
+            if questions and (not two_names or len(set(NAME_SPAN.findall(passage))) >= 2):
+                answerable.append((passage, questions))
+            elif not NAME_SPAN.search(passage) and len(passage) > max_chars // 2:
                 nameless.append(passage)
-    return named, nameless
+    return answerable, nameless
 
 
 def pick_questions(questions: list, count: int, rng: np.random.Generator) -> list:
@@ -98,20 +105,20 @@ def pick_questions(questions: list, count: int, rng: np.random.Generator) -> lis
 
 
 def squad_document(books: Sequence[Path], seed: int, version_2: bool, num_questions: int,
-                   blank: re.Pattern = NAME_SPAN, questions_per_passage: int = 1) -> dict:
+                   blank: re.Pattern = NAME_SPAN, questions_per_passage: int = 1, passages_kind: str = "named") -> dict:
     """Up to `num_questions` cloze questions, at most `questions_per_passage` on each passage
     (fewer if the books have fewer), as a SQuAD JSON document; with `version_2`, each also asked
     about a nameless passage. Several questions on one passage give more reading practice from
     the same books: each blanks another word."""
     rng = np.random.default_rng(seed)
-    named, nameless = candidate_passages(books, blank)
-    if not named or (version_2 and not nameless):
+    answerable, nameless = candidate_passages(books, blank, passages_kind)
+    if not answerable or (version_2 and not nameless):
         raise ValueError(f"no passage of {', '.join(map(str, books))} gives a cloze question")
     paragraphs, asked = [], 0
-    for index in rng.permutation(len(named)):
+    for index in rng.permutation(len(answerable)):
         if asked == num_questions:
             break
-        passage, questions = named[index]
+        passage, questions = answerable[index]
         qas, unanswerable = [], []
         for question, answer, start in pick_questions(questions, min(questions_per_passage, num_questions - asked), rng):
             qas.append({"id": f"q{asked}", "question": question,
@@ -187,9 +194,9 @@ def write_question_sets(args: argparse.Namespace) -> dict[str, int]:
     counts, documents = {}, {}
     for split, books, count, seed in (("train", args.train_books, args.num_train_questions, args.seed),
                                       ("dev", args.dev_books, args.num_dev_questions, args.seed + 1)):
-        per_passage = args.questions_per_passage if split == "train" else 1
+        per_passage, kind = (args.questions_per_passage, args.train_passages) if split == "train" else (1, "named")
         document = squad_document(book_paths(corpus_dir, books), seed, args.version == "2.0", count,
-                                  BLANKS[args.blank], per_passage)
+                                  BLANKS[args.blank], per_passage, kind)
         path = output_dir / f"{split}-v{args.version}.json"
         path.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
         counts[split] = sum(len(p["qas"]) for p in document["data"][0]["paragraphs"])
@@ -219,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--questions-per-passage", type=int, default=1,
                         help="most training questions asked on one passage, each blanking another word (the dev "
                              "set keeps one a passage)")
+    parser.add_argument("--train-passages", choices=sorted(TRAIN_PASSAGES), default="named",
+                        help="passages the training questions are cut from: 'named', up to %d characters naming two "
+                             "people or more (as the dev set); 'short', any passage of up to %d characters (one or two "
+                             "sentences)" % (TRAIN_PASSAGES["named"][0], TRAIN_PASSAGES["short"][0]))
     parser.add_argument("--seed", type=int, default=0, help="seed of the passage and question choice")
     parser.add_argument("--blank", choices=sorted(BLANKS), default="names",
                         help="what a question blanks: a name, or a lower-case word of 7 letters or more")

@@ -98,3 +98,26 @@ def test_no_questions_a_passage_is_refused_in_one_line_before_anything_is_writte
     assert exit_info.value.code == 2
     assert "--questions-per-passage must be 1 or more, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_short_training_passages_leave_the_dev_set_as_it_is(sample_corpus_dir: Path, tmp_path: Path):
+    common = ["--corpus-dir", str(sample_corpus_dir), "--blank", "words", "--num-train-questions", "300",
+              "--num-dev-questions", "20", "--questions-per-passage", "2"]
+    assert cloze_squad.main([*common, "--output-dir", str(tmp_path / "named")]) == 0
+    assert cloze_squad.main([*common, "--output-dir", str(tmp_path / "short"), "--train-passages", "short"]) == 0
+    paragraphs = json.loads((tmp_path / "short" / "train-v1.1.json").read_text())["data"][0]["paragraphs"]
+    assert sum(len(p["qas"]) for p in paragraphs) == 300
+    contexts = [p["context"] for p in paragraphs]
+    assert max(map(len, contexts)) <= 160 < cloze_squad.PASSAGE_CHARS
+    # any passage with a question, not only those naming two people
+    assert any(len(set(cloze_squad.NAME_SPAN.findall(c))) < 2 for c in contexts)
+    for paragraph in paragraphs:
+        for qa in paragraph["qas"]:
+            answer = qa["answers"][0]
+            assert (qa["question"], answer["text"], answer["answer_start"]) in cloze_squad.cloze_questions(
+                paragraph["context"], cloze_squad.LONG_WORD)
+    named = json.loads((tmp_path / "named" / "train-v1.1.json").read_text())["data"][0]["paragraphs"]
+    assert max(len(p["context"]) for p in named) > 160
+    assert (tmp_path / "named" / "dev-v1.1.json").read_text() == (tmp_path / "short" / "dev-v1.1.json").read_text()
+    assert ((tmp_path / "named" / "baselines-v1.1.json").read_text()
+            == (tmp_path / "short" / "baselines-v1.1.json").read_text())
