@@ -2,7 +2,8 @@
 
 Each question is a cloze: a sentence of a passage with a name blanked ("had passed since _
 died ."), its answer that name, a span of the passage. Passages are taken only when they name
-at least two people, so answering with the first name is not always right. For SQuAD 2.0 each
+at least two people, so answering with the first name is not always right (for training,
+--train-passages short takes any passage of one or two sentences instead). For SQuAD 2.0 each
 question is also asked about a passage that names no one, where it has no answer.
 
 The quick start (scripts/quickstart.sh) and the tests fine-tune on such a set from five Austen
