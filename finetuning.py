@@ -180,6 +180,14 @@ def check_vocab_fits(tokenizer: WordPieceTokenizer, config: ElectraConfig) -> No
                          f"{config.vocab_size}: wrong --vocab_file for this model")
 
 
+def tokenizer_for(args: argparse.Namespace, folder: str | None, config: ElectraConfig) -> WordPieceTokenizer:
+    """The tokenizer of --vocab_file, else of the folder's or the repository's vocabulary, checked
+    to fit the model, so a wrong vocabulary is one error before any text is read."""
+    tokenizer = WordPieceTokenizer(vocab_file_for(args, folder), do_lower_case=args.do_lower_case)
+    check_vocab_fits(tokenizer, config)
+    return tokenizer
+
+
 def save_final_model(model: keras.Model, folder: str, vocab_file: str) -> None:
     save_model_folder(model, folder)
     shutil.copyfile(vocab_file, os.path.join(folder, VOCAB_FILE))

@@ -19,7 +19,6 @@ import numpy as np  # noqa: E402
 import finetuning  # noqa: E402
 import glue_finetuning  # noqa: E402
 from model_folder import read_classifier_labels, read_config, resolve_model_folder  # noqa: E402
-from tokenization import WordPieceTokenizer  # noqa: E402
 
 logger = logging.getLogger("run_glue_inference")
 
@@ -47,8 +46,7 @@ def classify(args: argparse.Namespace) -> dict[str, Any]:
                          "ElectraForSequenceClassification); pass run_tf_glue.py's OUTPUT_DIR/model")
     model, report = glue_finetuning.load_classifier(config, folder, labels, "this folder")
     glue_finetuning.check_head_is_trained(folder, report)
-    tokenizer = WordPieceTokenizer(finetuning.vocab_file_for(args, folder), do_lower_case=args.do_lower_case)
-    finetuning.check_vocab_fits(tokenizer, config)
+    tokenizer = finetuning.tokenizer_for(args, folder, config)
     batch = tokenizer.encode_batch([args.text_a], None if args.text_b is None else [args.text_b],
                                    max_length=min(args.max_seq_length, config.max_position_embeddings))
     logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])["logits"].numpy()[0]

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import run_utils  # noqa: E402
 import squad_utils  # noqa: E402
-from finetuning import add_tokenizer_flags, check_vocab_fits, model_source, vocab_file_for  # noqa: E402
+from finetuning import add_tokenizer_flags, model_source, tokenizer_for  # noqa: E402
 from model_folder import read_qa_head_settings  # noqa: E402
 from squad_finetuning import (add_decode_flags, add_feature_flags, check_head_is_trained, decode_config,  # noqa: E402
                               load_qa_model)
@@ -94,8 +94,7 @@ def answer(args: argparse.Namespace) -> dict[str, Any]:
     feature_config.check()
     if args.joint_head:
         squad_utils.check_beam_fits(args.beam_size, feature_config.max_seq_length)
-    tokenizer = WordPieceTokenizer(vocab_file_for(args, folder), do_lower_case=args.do_lower_case)
-    check_vocab_fits(tokenizer, config)
+    tokenizer = tokenizer_for(args, folder, config)
     for flag, text in (("--question", args.question), ("--context", args.context)):
         check_not_empty(tokenizer, flag, text)
     model, report = load_qa_model(config, folder, args.joint_head, args.version_2_with_negative, args.beam_size)

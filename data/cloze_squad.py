@@ -26,21 +26,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository's library modules (squad_utils)
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # the repository's library modules (squad_utils, cloze)
 import squad_utils  # noqa: E402
+from cloze import BLANKS, NAME_SPAN, possible_answers_not_in_question  # noqa: E402
 
 logger = logging.getLogger("cloze_squad")
 SAMPLE_CORPUS_DIR = Path(__file__).resolve().parent / "sample_corpus" / "austen"
 
-NAME_SPAN = re.compile(r"(?<=[a-z,;] )[A-Z][a-z]+(?: [A-Z][a-z]+)*")  # capitalised words inside a sentence
-# Lower-case words of 7 letters or more inside a sentence, but not the frequent function-like
-# ones a reader could fill in from the question's words alone.
-LONG_WORD = re.compile(r"(?<=[a-z,;] )(?!(?:himself|herself|themselves|without|something|nothing|another|because"
-                       r"|through|whatever|however|perhaps|against|between|already)\b)[a-z]{7,}\b")
-# What a question blanks: names (a reader's shortcut is to learn which words are names, which
-# does not carry over to a held-out book's characters) or long content words (too many to
-# memorise, so the question's words around the blank have to be found in the passage).
-BLANKS = {"names": NAME_SPAN, "words": LONG_WORD}
 SENTENCE = re.compile(r"[^.!?]+[.!?]+")
 PASSAGE_CHARS = 320
 # Which passages training questions are cut from (the dev set always takes "named"): passages of
@@ -149,7 +141,7 @@ def first_name_not_in_question(context: str, question: str, blank: re.Pattern = 
     """The passage's first name (match of `blank`) that the question does not contain (else its
     first name)."""
     names = blank.findall(context)
-    return next((name for name in names if name not in question), names[0] if names else "")
+    return next(iter(possible_answers_not_in_question(context, question, blank)), names[0] if names else "")
 
 
 def baseline_scores(train: dict, dev: dict, version_2: bool, blank: str = "names") -> dict[str, dict[str, float]]:

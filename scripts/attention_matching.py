@@ -26,7 +26,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's library modules
 import squad_utils  # noqa: E402
-from finetuning import add_tokenizer_flags, check_vocab_fits, vocab_file_for  # noqa: E402
+import run_utils  # noqa: E402
+from finetuning import add_tokenizer_flags, tokenizer_for  # noqa: E402
 from model_folder import ENCODER_PREFIX, assign_tensors, read_config, read_tensors, resolve_model_folder  # noqa: E402
 from modeling import ElectraModel  # noqa: E402
 from tokenization import WordPieceTokenizer  # noqa: E402
@@ -127,13 +128,10 @@ def report(ratios: np.ndarray, folder: str, num_windows: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    validate_args(parser, args)
+    args = run_utils.parse_checked(build_parser(), validate_args, argv)
     try:
         encoder, folder = load_encoder(args.model)
-        tokenizer = WordPieceTokenizer(vocab_file_for(args, folder), do_lower_case=args.do_lower_case)
-        check_vocab_fits(tokenizer, encoder.config)
+        tokenizer = tokenizer_for(args, folder, encoder.config)
         feature_config = squad_utils.FeatureConfig(min(args.max_seq_length, encoder.config.max_position_embeddings),
                                                    args.max_seq_length, args.max_query_length)
         windows = first_windows(args.squad_file, tokenizer, args.num_questions, feature_config)

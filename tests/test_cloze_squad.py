@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+import cloze  # noqa: E402
 import cloze_squad  # noqa: E402
 import squad_utils  # noqa: E402
 
@@ -86,7 +87,7 @@ def test_several_questions_a_passage_blank_different_words_and_the_dev_set_keeps
             answer = qa["answers"][0]
             assert paragraph["context"][answer["answer_start"]:].startswith(answer["text"])
             assert (qa["question"], answer["text"], answer["answer_start"]) in cloze_squad.cloze_questions(
-                paragraph["context"], cloze_squad.LONG_WORD)
+                paragraph["context"], cloze.LONG_WORD)
     assert len({qa["id"] for p in paragraphs for qa in p["qas"]}) == 300
     # the dev set does not depend on how many training questions a passage gives
     assert (one_each / "dev-v1.1.json").read_text() == (several / "dev-v1.1.json").read_text()
@@ -110,12 +111,12 @@ def test_short_training_passages_leave_the_dev_set_as_it_is(sample_corpus_dir: P
     contexts = [p["context"] for p in paragraphs]
     assert max(map(len, contexts)) <= 160 < cloze_squad.PASSAGE_CHARS
     # any passage with a question, not only those naming two people
-    assert any(len(set(cloze_squad.NAME_SPAN.findall(c))) < 2 for c in contexts)
+    assert any(len(set(cloze.NAME_SPAN.findall(c))) < 2 for c in contexts)
     for paragraph in paragraphs:
         for qa in paragraph["qas"]:
             answer = qa["answers"][0]
             assert (qa["question"], answer["text"], answer["answer_start"]) in cloze_squad.cloze_questions(
-                paragraph["context"], cloze_squad.LONG_WORD)
+                paragraph["context"], cloze.LONG_WORD)
     named = json.loads((tmp_path / "named" / "train-v1.1.json").read_text())["data"][0]["paragraphs"]
     assert max(len(p["context"]) for p in named) > 160
     assert (tmp_path / "named" / "dev-v1.1.json").read_text() == (tmp_path / "short" / "dev-v1.1.json").read_text()
