@@ -34,6 +34,7 @@ PROGRAMS = (
     "run_tf_glue.py",
     "run_glue_inference.py",
     "scripts/attention_matching.py",
+    "scripts/cloze_language_model_pick.py",
     "scripts/benchmark_pretraining.py",
     "scripts/benchmark_squad.py",
     "scripts/benchmark_data.py",
