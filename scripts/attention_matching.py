@@ -13,7 +13,6 @@ fine-tuned QA model (only the encoder is read).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -137,13 +136,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         windows = first_windows(args.squad_file, tokenizer, args.num_questions, feature_config)
         ratios = matching_ratios(encoder, windows, (tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id),
                                  args.batch_size)
-    except (FileNotFoundError, ValueError) as error:
+        if args.output_json:
+            run_utils.write_json(args.output_json, {str(layer): [round(float(v), 4) for v in row]
+                                                    for layer, row in enumerate(ratios)})
+    except (OSError, ValueError) as error:  # a missing or unreadable input, an unwritable --output_json
         logger.error("%s", error)
         return 1
     print(report(ratios, folder, len(windows["input_ids"])))
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps({str(layer): [round(float(v), 4) for v in row]
-                                                      for layer, row in enumerate(ratios)}, indent=1))
     return 0
 
 

@@ -16,7 +16,6 @@ uniform pick.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -172,7 +171,7 @@ def measure(args: argparse.Namespace) -> str:
     questions, gold = cloze_questions(args.squad_file, tokenizer, args.blank, args.num_questions)
     results = pick_scores(questions, candidate_scores(generator, questions, tokenizer, args.batch_size), gold)
     if args.output_json:
-        Path(args.output_json).write_text(json.dumps(results, indent=1))
+        run_utils.write_json(args.output_json, results)
     return report(results, folder, questions)
 
 
@@ -181,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = run_utils.parse_checked(build_parser(), validate_args, argv)
     try:
         print(measure(args))
-    except (FileNotFoundError, ValueError) as error:
+    except (OSError, ValueError) as error:  # a missing or unreadable input, an unwritable --output_json
         logger.error("%s", error)
         return 1
     return 0

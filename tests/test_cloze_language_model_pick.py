@@ -107,3 +107,13 @@ def test_counts_below_one_are_refused(capsys) -> None:
         pick.main(["--model", "m", "--squad_file", "f", "--blank", "words", "--batch_size", "0"])
     assert exit_info.value.code == 2
     assert "--batch_size must be 1 or more, got 0" in capsys.readouterr().err
+
+
+def test_an_unwritable_output_json_is_one_error_line(tmp_path: Path, vocab_file: Path, caplog) -> None:
+    save_model_folder(ElectraGenerator(CONFIG), str(tmp_path / "model"))
+    unwritable = tmp_path / "no_such_folder" / "scores.json"
+    with caplog.at_level(logging.ERROR):
+        assert pick.main(["--model", str(tmp_path / "model"), "--squad_file", str(cloze_file(tmp_path / "dev.json")),
+                          "--blank", "words", "--vocab_file", str(vocab_file), "--output_json", str(unwritable)]) == 1
+    errors = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and str(unwritable) in errors[0]
